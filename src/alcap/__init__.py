@@ -1,0 +1,37 @@
+"""alcap: music captioning from audio and lyrics (ALCAP: BART + cross-modal fusion + contrastive alignment).
+
+The public API is imported lazily so that `import alcap` stays light.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "EmbeddingStore": "alcap.data.store",
+    "EmbeddingWriter": "alcap.data.store",
+    "Excerpt": "alcap.audio.decode",
+    "Clip": "alcap.audio.decode",
+    "AudioError": "alcap.audio.decode",
+    "load_audio": "alcap.audio.decode",
+    "MelFrontEnd": "alcap.audio.frontend",
+    "CNNSA": "alcap.audio.cnnsa",
+    "load_cnnsa": "alcap.audio.cnnsa",
+    "CNNSAExtractor": "alcap.audio.extractor",
+    "MusicExtractor": "alcap.audio.extractor",
+    "MSD_TOP50_TAGS": "alcap.audio.tags",
+    "read_manifest": "alcap.data.manifest",
+    "validate_manifest": "alcap.data.validate",
+    "embed_songs": "alcap.data.embed",
+    "make_demo_corpus": "alcap.data.demo",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'alcap' has no attribute {name!r}")

@@ -1,0 +1,146 @@
+"""Audio decoding: any file libsndfile reads -> mono float32 excerpt at the encoder's rate.
+
+Only the frames the excerpt needs are read from disk, so a 30 s clip costs a 15 s decode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+EXCERPT_POSITIONS = ("middle", "start", "offset")
+
+
+class AudioError(Exception):
+    """A file that cannot be turned into audio; the message names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Excerpt:
+    """Which part of a song the music encoder hears.
+
+    `seconds=None` takes the whole file. The default matches ALCAP: 15 s from the middle.
+    """
+
+    seconds: float | None = 15.0
+    position: str = "middle"
+    offset: float = 0.0
+
+    def __post_init__(self):
+        if self.position not in EXCERPT_POSITIONS:
+            raise ValueError(f"excerpt position must be one of {EXCERPT_POSITIONS}, got {self.position!r}")
+        if self.seconds is not None and self.seconds <= 0:
+            raise ValueError(f"excerpt length must be positive, got {self.seconds}")
+        if self.offset < 0:
+            raise ValueError(f"excerpt offset must be >= 0, got {self.offset}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        if self.seconds is None:
+            return "whole file"
+        where = {"middle": "from the middle", "start": "from the start"}.get(self.position, f"from {self.offset:g} s")
+        return f"{self.seconds:g} s {where}"
+
+    def start_frame(self, total_frames: int, sample_rate: int) -> int:
+        if self.seconds is None or self.position == "start":
+            return 0
+        if self.position == "offset":
+            return int(round(self.offset * sample_rate))
+        length = int(round(self.seconds * sample_rate))
+        return max(0, (total_frames - length) // 2)
+
+
+@dataclass
+class Clip:
+    """A decoded excerpt. `duration` counts real audio only; the rest of `samples` is zero padding."""
+
+    samples: np.ndarray  # (N,) float32 mono at sample_rate
+    sample_rate: int
+    duration: float
+    source_duration: float
+    source_sample_rate: int
+    source_channels: int
+
+    @property
+    def padded(self) -> bool:
+        return self.duration * self.sample_rate < len(self.samples) - 0.5
+
+
+def audio_info(path: str | Path) -> sf._SoundFileInfo:
+    """Header-only check that a file is decodable audio; raises AudioError otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(path, "file not found")
+    if path.is_dir():
+        raise AudioError(path, "is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "file is empty (0 bytes)")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioError(path, f"not a readable audio file ({_short(exc)})") from None
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise AudioError(path, "contains no audio samples")
+    return info
+
+
+def load_audio(path: str | Path, sample_rate: int = 16000, excerpt: Excerpt = Excerpt()) -> Clip:
+    """Decode, downmix to mono, resample (soxr, band-limited) and cut/pad the excerpt."""
+    info = audio_info(path)
+    src_rate, total = info.samplerate, info.frames
+    start = excerpt.start_frame(total, src_rate)
+    if start >= total:
+        raise AudioError(path, f"excerpt offset {excerpt.offset:g} s is past the end of the audio ({total / src_rate:.2f} s)")
+    frames = total - start if excerpt.seconds is None else min(total - start, int(round(excerpt.seconds * src_rate)))
+    try:
+        data, _ = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+        raise AudioError(path, f"decoding failed ({_short(exc)})") from None
+    if data.shape[0] == 0:
+        raise AudioError(path, "decoded no samples (truncated or corrupt file)")
+    if not np.isfinite(data).all():
+        raise AudioError(path, "contains NaN or infinite samples")
+
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if src_rate != sample_rate:
+        mono = soxr.resample(mono, src_rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
+    real = len(mono)
+    if excerpt.seconds is not None:
+        target = int(round(excerpt.seconds * sample_rate))
+        if real >= target:
+            mono, real = mono[:target], target
+        else:
+            mono = np.concatenate([mono, np.zeros(target - real, dtype=np.float32)])
+    return Clip(
+        samples=np.ascontiguousarray(mono, dtype=np.float32),
+        sample_rate=sample_rate,
+        duration=real / sample_rate,
+        source_duration=total / src_rate,
+        source_sample_rate=src_rate,
+        source_channels=info.channels,
+    )
+
+
+def split_windows(samples: np.ndarray, window: int) -> np.ndarray:
+    """Consecutive non-overlapping windows (the last one zero-padded): (n_windows, window)."""
+    n = max(1, math.ceil(len(samples) / window))
+    out = np.zeros((n, window), dtype=np.float32)
+    out.reshape(-1)[: len(samples)] = samples
+    return out
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]

@@ -1,0 +1,22 @@
+"""Names of the 50 Million Song Dataset tags, in the order of the CNNSA tagging head."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+
+def _read_tags() -> tuple[str, ...]:
+    text = files("alcap.audio").joinpath("msd_top50_tags.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+MSD_TOP50_TAGS: tuple[str, ...] = _read_tags()
+
+
+def top_tags(probs, k: int = 5, names: tuple[str, ...] = MSD_TOP50_TAGS) -> dict[str, float]:
+    """The k most probable tags as {name: probability}, most probable first."""
+    probs = [float(p) for p in probs]
+    if len(probs) != len(names):
+        raise ValueError(f"{len(probs)} tag probabilities but {len(names)} tag names")
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])[: max(0, k)]
+    return {names[i]: round(probs[i], 4) for i in order}

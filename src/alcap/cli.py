@@ -1,0 +1,284 @@
+"""The `alcap` command line: parse, call the library, print. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = "Documentation: README.md. Every command prints its own --help."
+
+
+def _excerpt_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("excerpt (which part of each song the music encoder hears)")
+    group.add_argument("--excerpt-seconds", type=float, default=15.0, metavar="S",
+                       help="length of the excerpt in seconds; 0 takes the whole file (default: 15, as ALCAP)")
+    group.add_argument("--excerpt-position", choices=("middle", "start", "offset"), default="middle",
+                       help="where the excerpt starts: the middle of the song, its start, or --excerpt-offset (default: middle)")
+    group.add_argument("--excerpt-offset", type=float, default=0.0, metavar="S",
+                       help="start of the excerpt in seconds, with --excerpt-position offset (default: 0)")
+
+
+def _excerpt(args):
+    from .audio.decode import Excerpt
+
+    return Excerpt(seconds=args.excerpt_seconds or None, position=args.excerpt_position, offset=args.excerpt_offset)
+
+
+def _device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help="torch device for the encoder: auto (CUDA when available), cpu, cuda, cuda:1, ... (default: auto)")
+
+
+def _extractor(args):
+    from .audio.extractor import CNNSAExtractor
+
+    if args.checkpoint:
+        return CNNSAExtractor.from_checkpoint(args.checkpoint, device=args.device)
+    return CNNSAExtractor.random_init(args.random_init, device=args.device)
+
+
+# ----------------------------------------------------------------------------- tag
+
+
+def cmd_tag(args) -> int:
+    import numpy as np
+    import torch
+
+    from .audio.decode import AudioError, load_audio, split_windows
+    from .audio.extractor import CNNSAExtractor
+    from .audio.tags import MSD_TOP50_TAGS, top_tags
+
+    extractor = CNNSAExtractor.from_checkpoint(args.checkpoint, device=args.device)
+    names = MSD_TOP50_TAGS if extractor.model.dense.out_features == len(MSD_TOP50_TAGS) else tuple(
+        f"tag{i}" for i in range(extractor.model.dense.out_features))
+    excerpt = _excerpt(args)
+    if args.full_track:
+        from .audio.decode import Excerpt
+
+        excerpt = Excerpt(seconds=None)
+    window = int(round((args.excerpt_seconds or 15.0) * extractor.sample_rate))
+    failed = 0
+    for path in args.audio:
+        try:
+            clip = load_audio(path, extractor.sample_rate, excerpt)
+        except AudioError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"file": str(path), "error": exc.reason}), flush=True)
+            continue
+        waves = split_windows(clip.samples, window) if args.full_track else clip.samples[None]
+        probs = extractor.tag(torch.from_numpy(waves)).mean(dim=0).numpy()  # average over windows
+        tags = top_tags(np.asarray(probs), args.top, names)
+        if args.json:
+            print(json.dumps({"file": str(path), "tags": tags}, ensure_ascii=False), flush=True)
+        else:
+            print(path)
+            for name, p in tags.items():
+                print(f"  {name:<20} {p:.3f}")
+    return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------- embed
+
+
+def cmd_embed(args) -> int:
+    from .data.embed import embed_songs
+    from .data.manifest import read_manifest
+    from .data.store import EmbeddingStore
+
+    manifest = read_manifest(args.manifest)
+    rows = [r for r in manifest.rows if not args.split or r.split in args.split]
+    songs: dict[str, str] = {}
+    for row in rows:
+        songs.setdefault(row.song_id, row.audio)
+    if manifest.issues:
+        print(f"note: {len(manifest.issues)} manifest rows could not be read; `alcap data validate {args.manifest}` lists them",
+              file=sys.stderr)
+    extractor = _extractor(args)
+    print(f"embedding {len(songs)} songs from {args.manifest} with {extractor.name} "
+          f"({extractor.describe()['weights_source']}, sha256 {extractor.weights_sha256[:12]}) on {extractor.device}",
+          file=sys.stderr)
+    try:
+        report = embed_songs(songs, extractor, args.out, excerpt=_excerpt(args), batch_size=args.batch_size,
+                             workers=args.workers, progress=not args.quiet)
+    except KeyboardInterrupt:
+        store = EmbeddingStore.open(args.out)
+        print(f"\ninterrupted: {len(store)} songs are safely in {args.out}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    store = EmbeddingStore.open(args.out)
+    stats = store.stats()
+    for failure in report.failures:
+        print(f"failed: song {failure['id']}: {failure['audio']}: {failure['reason']}", file=sys.stderr)
+    summary = {**report.to_dict(), "store_songs": stats["songs"], "bytes_per_song": round(stats["bytes_per_song"], 1),
+               "sequence_length": [stats["min_length"], stats["max_length"]]}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"embedded {report.embedded} songs ({report.already_done} already in the store, {len(report.failures)} failed) "
+              f"in {report.seconds:.1f} s: {report.songs_per_second:.2f} songs/s")
+        print(f"store {args.out}: {stats['songs']} songs, {stats['bytes_per_song'] / 1024:.1f} KiB per song "
+              f"(L_m {stats['min_length']}..{stats['max_length']} x {stats['dim']} float16)")
+    return 0 if len(store) else 1
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def cmd_validate(args) -> int:
+    from .data.manifest import read_manifest
+    from .data.validate import validate_manifest
+
+    report = validate_manifest(read_manifest(args.manifest), check_audio=not args.no_audio, decode=args.decode,
+                               excerpt=_excerpt(args), workers=args.workers, progress=not args.quiet)
+    print(report.format_text(max_issues=args.max_issues))
+    if args.json:
+        text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n", encoding="utf-8")
+            print(f"full report: {args.json}")
+    return 0 if report.ok else 1
+
+
+def cmd_make_demo(args) -> int:
+    from .data.demo import make_demo_corpus
+
+    summary = make_demo_corpus(args.out, n_songs=args.songs, seed=args.seed, captions_per_song=args.captions_per_song,
+                               min_seconds=args.min_seconds, max_seconds=args.max_seconds, workers=args.workers,
+                               progress=not args.quiet)
+    if summary.get("reused"):
+        print(f"reusing the corpus already in {args.out} (same seed and size); delete it to regenerate")
+    print(f"demo corpus: {summary['songs']} songs ({summary['seconds_of_audio'] / 60:.1f} min of audio), "
+          f"{summary['rows']} captions, splits {summary['splits']}, formats {summary['formats']}, "
+          f"made in {summary['generation_seconds']} s")
+    print(f"manifest: {summary['manifest']}")
+    return 0
+
+
+def cmd_store_info(args) -> int:
+    from .data.store import EmbeddingStore
+
+    store = EmbeddingStore.open(args.store)
+    info = {"store": str(args.store), **store.stats(), "meta": store.meta}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    meta = store.meta
+    extractor = meta["extractor"]
+    source = meta.get("info", {}).get("extractor", {}).get("weights_source", "?")
+    print(f"store: {args.store}")
+    print(f"  songs: {info['songs']} ({info['failures']} failed, {info['padded_songs']} shorter than the excerpt)")
+    print(f"  embeddings: L_m {info['min_length']}..{info['max_length']} x {info['dim']} float16, "
+          f"{info['bytes_per_song'] / 1024:.1f} KiB per song, {info['data_bytes'] / 2**20:.1f} MiB in all")
+    print(f"  extractor: {extractor['name']} ({source}), weights sha256 {extractor['weights_sha256']}")
+    excerpt = meta["excerpt"]
+    print(f"  audio: {meta['sample_rate']} Hz mono, excerpt {excerpt['seconds'] or 'whole file'} s ({excerpt['position']})")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="alcap", description="Music captioning from audio and lyrics (ALCAP).", epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"alcap {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("tag", help="top Million Song Dataset tags of audio files (checks that encoder weights loaded)",
+                       description="Print the most probable of the 50 MSD tags for each audio file, from the CNNSA "
+                                   "tagging head. A quick check that a real checkpoint loaded: rock songs should say rock.")
+    p.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files (WAV, FLAC, OGG, MP3; any rate and channel count)")
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="CNNSA checkpoint: best_model.pth of minzwon/sota-music-tagging-models "
+                        "(models/msd/attention/), or the directory holding it")
+    p.add_argument("--top", type=int, default=5, metavar="K", help="number of tags to print per file; 50 prints all (default: 5)")
+    p.add_argument("--json", action="store_true", help='one JSON object per line: {"file": ..., "tags": {"rock": 0.91, ...}}')
+    p.add_argument("--full-track", action="store_true",
+                   help="average the tags over consecutive excerpt-length windows of the whole file instead of one excerpt")
+    _excerpt_args(p)
+    _device_arg(p)
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("embed", help="precompute frozen music embeddings for every song of a manifest",
+                       description="Decode every distinct song of a manifest, run the frozen CNNSA encoder and write "
+                                   "its last-layer sequence (h_m, L_m x 256) into an embedding store. Songs already in "
+                                   "the store are skipped, so an interrupted run resumes; files that cannot be decoded "
+                                   "are reported and recorded in failures.jsonl, and the others are still embedded.")
+    p.add_argument("manifest", metavar="MANIFEST", help="manifest file (.jsonl, .csv or .parquet; see README)")
+    p.add_argument("--out", required=True, metavar="DIR", help="embedding store directory (created, or resumed if it exists)")
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", metavar="PATH", help="CNNSA checkpoint file or directory (the real MSD weights)")
+    weights.add_argument("--random-init", type=int, metavar="SEED",
+                         help="use a randomly initialised CNNSA with this seed (offline demos and tests only)")
+    p.add_argument("--split", nargs="+", metavar="NAME", help="embed only songs of these splits (default: all rows)")
+    p.add_argument("--batch-size", type=int, default=16, help="songs per encoder call (default: 16)")
+    p.add_argument("--workers", type=int, default=2, help="decoding worker processes; 0 decodes in the main process (default: 2)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _excerpt_args(p)
+    _device_arg(p)
+    p.set_defaults(func=cmd_embed)
+
+    data = sub.add_parser("data", help="manifests and corpora: validate, make-demo",
+                          description="Work with manifests and corpora.").add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+    p = data.add_parser("validate", help="report per row what is wrong with a manifest",
+                        description="Check every row of a manifest: unreadable rows and bad encodings, missing or "
+                                    "unreadable audio, empty captions, bad splits, duplicates, conflicting rows of "
+                                    "one song. Prints a report; the exit code is non-zero only when no usable row remains.")
+    p.add_argument("manifest", metavar="MANIFEST", help="manifest file (.jsonl, .csv or .parquet)")
+    p.add_argument("--no-audio", action="store_true", help="do not open the audio files")
+    p.add_argument("--decode", action="store_true", help="decode each file's excerpt too (slower; catches corrupt audio data)")
+    p.add_argument("--json", metavar="FILE", help="also write the full report as JSON to FILE ('-' for stdout)")
+    p.add_argument("--max-issues", type=int, default=50, metavar="N", help="issues to print (default: 50)")
+    p.add_argument("--workers", type=int, default=4, help="threads checking audio files (default: 4)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _excerpt_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = data.add_parser("make-demo", help="synthesise the embedded demo corpus (offline)",
+                        description="Synthesise a corpus of songs with controlled audio attributes (tempo, instrument, "
+                                    "mode, energy, drums), lyrics from a handful of themes and captions that state both; "
+                                    "writes audio files (WAV/FLAC/OGG/MP3), manifest.jsonl and corpus.json.")
+    p.add_argument("out", metavar="OUT", help="output directory")
+    p.add_argument("--songs", type=int, default=300, help="number of songs (default: 300)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same corpus (default: 0)")
+    p.add_argument("--captions-per-song", type=int, default=3, help="captions per song (default: 3)")
+    p.add_argument("--min-seconds", type=float, default=15.0, help="shortest song in seconds (default: 15)")
+    p.add_argument("--max-seconds", type=float, default=30.0, help="longest song in seconds (default: 30)")
+    p.add_argument("--workers", type=int, default=None, help="synthesis processes (default: one per CPU core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_make_demo)
+
+    store = sub.add_parser("store", help="inspect an embedding store",
+                           description="Inspect embedding stores.").add_subparsers(dest="store_command", metavar="COMMAND", required=True)
+    p = store.add_parser("info", help="what a store holds and how it was built")
+    p.add_argument("store", metavar="DIR", help="embedding store directory")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_store_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .audio.cnnsa import CheckpointError
+    from .data.manifest import ManifestError
+    from .data.store import StoreError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CheckpointError, ManifestError, StoreError, ValueError) as exc:
+        print(f"alcap {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""On-disk store of frozen music embeddings: one memory-mapped float16 array plus an index.
+
+Layout of a store directory:
+    store.json       what produced the embeddings (extractor identity, weights hash,
+                     sample rate, excerpt rule); a writer with other settings is refused
+    embeddings.f16   all songs' (L_m, dim) arrays back to back, float16, row-major
+    index.jsonl      one line per song: id, first row, number of rows, durations, source file
+    failures.jsonl   songs that could not be embedded, with the reason (retried on resume)
+
+Crash safety comes from the write order: a batch's rows are appended to the data file and
+fsync'ed before its index lines are. An interrupted run therefore leaves at most rows no
+index line points to (truncated by the next writer) or a torn last index line (ignored and
+truncated), and loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+STORE_FORMAT = "alcap-embedding-store"
+STORE_VERSION = 1
+META_FILE, DATA_FILE, INDEX_FILE, FAILURES_FILE, LOCK_FILE = (
+    "store.json", "embeddings.f16", "index.jsonl", "failures.jsonl", ".lock",
+)
+DTYPE = np.dtype("<f2")
+# Fields of store.json that must agree before embeddings may be mixed in one store.
+IDENTITY_FIELDS = ("format", "version", "dim", "dtype", "sample_rate", "excerpt", "extractor")
+
+
+class StoreError(Exception):
+    pass
+
+
+class StoreMismatchError(StoreError):
+    pass
+
+
+@dataclass
+class StoreEntry:
+    id: str
+    offset: int  # first row in embeddings.f16
+    length: int  # number of rows, L_m
+    duration: float  # seconds of real audio in the excerpt (the rest was zero padding)
+    audio: str = ""
+    source_duration: float | None = None
+    source_sample_rate: int | None = None
+    source_channels: int | None = None
+
+
+def store_meta(extractor_identity: dict, sample_rate: int, excerpt: dict, dim: int, info: dict | None = None) -> dict:
+    """store.json content for a new store; `info` holds fields that are recorded, not compared."""
+    from .. import __version__
+
+    return {
+        "format": STORE_FORMAT, "version": STORE_VERSION, "dim": int(dim), "dtype": "float16",
+        "sample_rate": int(sample_rate), "excerpt": dict(excerpt), "extractor": dict(extractor_identity),
+        "info": {"alcap_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(info or {})},
+    }
+
+
+def _read_meta(root: Path) -> dict:
+    path = root / META_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(f"{root}: not an embedding store (no {META_FILE}); create one with `alcap embed`") from None
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{path}: unreadable ({exc})") from None
+    if meta.get("format") != STORE_FORMAT:
+        raise StoreError(f"{path}: not an alcap embedding store (format {meta.get('format')!r})")
+    if meta.get("version") != STORE_VERSION:
+        raise StoreError(f"{path}: store version {meta.get('version')} is not supported (this alcap reads {STORE_VERSION})")
+    return meta
+
+
+def _read_index(root: Path, dim: int) -> tuple[dict[str, StoreEntry], int, int]:
+    """Entries whose rows are fully on disk, plus the byte length of the good index prefix and the row count."""
+    data_rows = (root / DATA_FILE).stat().st_size // (dim * DTYPE.itemsize) if (root / DATA_FILE).exists() else 0
+    entries: dict[str, StoreEntry] = {}
+    good_bytes = 0
+    path = root / INDEX_FILE
+    if path.exists():
+        with open(path, "rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break  # torn last line from an interrupted write
+                try:
+                    entry = StoreEntry(**json.loads(raw))
+                except (json.JSONDecodeError, TypeError) as exc:
+                    raise StoreError(f"{path}: corrupt index line {raw[:80]!r} ({exc})") from None
+                if entry.offset + entry.length > data_rows:
+                    break  # index written without its rows: cannot happen with our write order
+                entries[entry.id] = entry
+                good_bytes += len(raw)
+    used_rows = max((e.offset + e.length for e in entries.values()), default=0)
+    return entries, good_bytes, used_rows
+
+
+class EmbeddingStore:
+    """Read access to a store: `EmbeddingStore.open(dir)[song_id]` -> (L_m, dim) float16 array.
+
+    Lookups are O(1): a dict from song id to rows of one memory-mapped array, no copy.
+    """
+
+    def __init__(self, root: Path, meta: dict, entries: dict[str, StoreEntry], rows: int):
+        self.root, self.meta, self._entries = root, meta, entries
+        self.dim = int(meta["dim"])
+        self._data = (
+            np.memmap(root / DATA_FILE, dtype=DTYPE, mode="r", shape=(rows, self.dim)) if rows
+            else np.zeros((0, self.dim), dtype=DTYPE)
+        )
+
+    @classmethod
+    def open(cls, root: str | Path) -> "EmbeddingStore":
+        root = Path(root)
+        meta = _read_meta(root)
+        entries, _, rows = _read_index(root, int(meta["dim"]))
+        return cls(root, meta, entries, rows)
+
+    def __getitem__(self, song_id: str) -> np.ndarray:
+        try:
+            e = self._entries[str(song_id)]
+        except KeyError:
+            raise KeyError(f"song {song_id!r} is not in the embedding store {self.root}") from None
+        return self._data[e.offset : e.offset + e.length]
+
+    def get(self, song_id: str, dtype=np.float32) -> np.ndarray:
+        return np.asarray(self[song_id], dtype=dtype)
+
+    def entry(self, song_id: str) -> StoreEntry:
+        return self._entries[str(song_id)]
+
+    def __contains__(self, song_id: object) -> bool:
+        return str(song_id) in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    @property
+    def song_ids(self) -> list[str]:
+        return list(self._entries)
+
+    def failures(self) -> list[dict]:
+        """Latest failure per song that is still not in the store."""
+        return [f for sid, f in _read_failures(self.root).items() if sid not in self._entries]
+
+    def stats(self) -> dict:
+        rows = sum(e.length for e in self._entries.values())
+        n = len(self._entries)
+        data_bytes = rows * self.dim * DTYPE.itemsize
+        lengths = [e.length for e in self._entries.values()]
+        return {
+            "songs": n, "rows": rows, "dim": self.dim, "data_bytes": data_bytes,
+            "bytes_per_song": data_bytes / n if n else 0.0,
+            "min_length": min(lengths, default=0), "max_length": max(lengths, default=0),
+            "padded_songs": sum(1 for e in self._entries.values() if e.duration < (self.meta["excerpt"].get("seconds") or 0) - 1e-3),
+            "failures": len(self.failures()),
+        }
+
+
+def _read_failures(root: Path) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    path = root / FAILURES_FILE
+    if path.exists():
+        for raw in path.read_bytes().splitlines():
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError:
+                continue  # torn line
+            out[str(rec.get("id"))] = rec
+    return out
+
+
+@dataclass
+class EmbeddingWriter:
+    """Append-only writer holding an exclusive lock on the store directory."""
+
+    root: Path
+    meta: dict
+    entries: dict[str, StoreEntry] = field(default_factory=dict)
+    rows: int = 0
+
+    @classmethod
+    def open(cls, root: str | Path, meta: dict) -> "EmbeddingWriter":
+        """Create a store, or reopen one for appending after checking it was built the same way."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        writer = cls(root, meta)
+        writer._lock = open(root / LOCK_FILE, "w")
+        try:
+            fcntl.flock(writer._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            writer._lock.close()
+            raise StoreError(f"{root}: another process is writing to this store") from None
+        if (root / META_FILE).exists():
+            existing = _read_meta(root)
+            diffs = _differences({k: existing.get(k) for k in IDENTITY_FIELDS}, {k: meta.get(k) for k in IDENTITY_FIELDS})
+            if diffs:
+                writer._lock.close()
+                detail = "; ".join(f"{k}: store has {a!r}, this run has {b!r}" for k, a, b in diffs)
+                raise StoreMismatchError(
+                    f"{root} was built with other settings and embeddings must not be mixed ({detail}). "
+                    "Use another --out directory, or the settings the store was built with."
+                )
+            writer.meta = existing
+        else:
+            _atomic_write(root / META_FILE, json.dumps(meta, indent=2) + "\n")
+        writer._recover()
+        writer._data = open(root / DATA_FILE, "ab")
+        writer._index = open(root / INDEX_FILE, "ab")
+        writer._failures = open(root / FAILURES_FILE, "ab")
+        return writer
+
+    def _recover(self) -> None:
+        """Drop what an interrupted run left beyond the last complete batch."""
+        dim = int(self.meta["dim"])
+        self.entries, good_bytes, self.rows = _read_index(self.root, dim)
+        index, data = self.root / INDEX_FILE, self.root / DATA_FILE
+        if index.exists() and index.stat().st_size != good_bytes:
+            os.truncate(index, good_bytes)
+        row_bytes = self.rows * dim * DTYPE.itemsize
+        if data.exists() and data.stat().st_size != row_bytes:
+            os.truncate(data, row_bytes)
+
+    def __contains__(self, song_id: object) -> bool:
+        return str(song_id) in self.entries
+
+    def add_batch(self, items: list[tuple[StoreEntry, np.ndarray]]) -> None:
+        """Append (entry, (L_m, dim) array) pairs; `entry.offset/length` are filled in here."""
+        if not items:
+            return
+        dim = int(self.meta["dim"])
+        chunks, lines = [], []
+        offset = self.rows
+        for entry, array in items:
+            array = np.asarray(array, dtype=DTYPE)
+            if array.ndim != 2 or array.shape[1] != dim:
+                raise StoreError(f"song {entry.id}: embedding shape {array.shape}, expected (L, {dim})")
+            entry.offset, entry.length = offset, array.shape[0]
+            offset += array.shape[0]
+            chunks.append(np.ascontiguousarray(array).tobytes())
+            lines.append(json.dumps(asdict(entry), ensure_ascii=False) + "\n")
+        self._data.write(b"".join(chunks))
+        _sync(self._data)
+        self._index.write("".join(lines).encode("utf-8"))
+        _sync(self._index)
+        for entry, _ in items:
+            self.entries[entry.id] = entry
+        self.rows = offset
+
+    def add_failure(self, song_id: str, audio: str, reason: str) -> None:
+        rec = {"id": str(song_id), "audio": audio, "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self._failures.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
+        self._failures.flush()
+
+    def close(self) -> None:
+        for name in ("_data", "_index", "_failures", "_lock"):
+            handle = getattr(self, name, None)
+            if handle is not None and not handle.closed:
+                handle.close()
+
+    def __enter__(self) -> "EmbeddingWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _differences(a, b, prefix: str = "") -> list[tuple[str, object, object]]:
+    """Leaf-level differences between two nested dicts, as (dotted key, a, b)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def _sync(handle) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

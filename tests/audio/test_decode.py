@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import soundfile as sf
+
+from alcap.audio.decode import AudioError, Excerpt, load_audio, split_windows
+
+from helpers import tone, write_audio
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg", "mp3"])
+def test_every_format_decodes_to_16k_mono_15s(audio_dir, ext):
+    path = write_audio(audio_dir / f"song.{ext}", tone(20.0, 44100, channels=2), 44100)
+    clip = load_audio(path)
+    assert clip.samples.dtype == np.float32 and clip.samples.shape == (240000,)
+    assert clip.sample_rate == 16000 and clip.source_sample_rate == 44100 and clip.source_channels == 2
+    assert clip.duration == pytest.approx(15.0)
+    assert clip.source_duration == pytest.approx(20.0, abs=0.1)
+    assert 0.3 < np.abs(clip.samples).max() < 0.6  # the 0.5 sine survives encoding and resampling
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+def test_int_and_float_samples_scale_to_unit_range(audio_dir, subtype):
+    data = tone(2.0, 16000, amp=0.5)
+    path = write_audio(audio_dir / "song.wav", data, 16000, subtype=subtype)
+    clip = load_audio(path, excerpt=Excerpt(seconds=None))
+    np.testing.assert_allclose(clip.samples, data[:, 0], atol=1 / 127)  # 8-bit quantisation step
+
+
+def test_resampling_keeps_pitch_and_is_band_limited(audio_dir):
+    # 1 kHz at 48 kHz and at 8 kHz must both land on 1 kHz at 16 kHz.
+    for rate in (48000, 8000):
+        path = write_audio(audio_dir / f"s{rate}.wav", tone(3.0, rate, freq=1000.0), rate)
+        clip = load_audio(path, excerpt=Excerpt(seconds=None))
+        assert len(clip.samples) == pytest.approx(48000, abs=2)
+        spectrum = np.abs(np.fft.rfft(clip.samples))
+        peak_hz = np.argmax(spectrum) * 16000 / len(clip.samples)
+        assert peak_hz == pytest.approx(1000.0, abs=2.0)
+    # A 7.5 kHz tone at 48 kHz is above the new Nyquist (8 kHz) guard band edge; a proper
+    # resampler removes it instead of folding it back as an alias at 8.5 -> 7.5 kHz.
+    path = write_audio(audio_dir / "high.wav", tone(2.0, 48000, freq=11000.0), 48000)
+    clip = load_audio(path, excerpt=Excerpt(seconds=None))
+    assert np.sqrt(np.mean(clip.samples**2)) < 0.02
+
+
+def test_multichannel_is_averaged(audio_dir):
+    data = np.zeros((16000, 6), dtype=np.float32)
+    data[:, 0], data[:, 5] = 0.6, 0.3
+    clip = load_audio(write_audio(audio_dir / "six.wav", data, 16000, subtype="FLOAT"), excerpt=Excerpt(seconds=None))
+    assert clip.source_channels == 6
+    np.testing.assert_allclose(clip.samples, 0.15, atol=1e-6)
+
+
+def test_excerpt_positions(audio_dir):
+    ramp = (np.arange(30 * 16000) / (30 * 16000)).astype(np.float32)[:, None]  # value encodes the time
+    path = write_audio(audio_dir / "ramp.wav", ramp, 16000, subtype="FLOAT")
+    middle = load_audio(path, excerpt=Excerpt(10.0, "middle"))
+    start = load_audio(path, excerpt=Excerpt(10.0, "start"))
+    offset = load_audio(path, excerpt=Excerpt(10.0, "offset", offset=3.0))
+    assert middle.samples[0] == pytest.approx(10 / 30, abs=1e-6)
+    assert start.samples[0] == pytest.approx(0.0, abs=1e-6)
+    assert offset.samples[0] == pytest.approx(3 / 30, abs=1e-6)
+    assert len(middle.samples) == len(start.samples) == len(offset.samples) == 160000
+    with pytest.raises(AudioError, match="past the end"):
+        load_audio(path, excerpt=Excerpt(10.0, "offset", offset=31.0))
+
+
+def test_short_clip_is_padded_and_keeps_true_duration(audio_dir):
+    clip = load_audio(write_audio(audio_dir / "short.flac", tone(1.0, 22050), 22050))
+    assert clip.samples.shape == (240000,)
+    assert clip.duration == pytest.approx(1.0, abs=1e-3) and clip.padded
+    assert np.all(clip.samples[16100:] == 0)
+
+
+def test_bad_files_name_the_file_and_the_reason(audio_dir):
+    empty = audio_dir / "empty.wav"
+    empty.write_bytes(b"")
+    garbage = audio_dir / "garbage.mp3"
+    garbage.write_bytes(b"this is not audio at all" * 100)
+    text_as_wav = audio_dir / "notes.wav"
+    text_as_wav.write_text("hello")
+    for path, reason in [(empty, "empty"), (garbage, "not a readable audio file"), (text_as_wav, "not a readable audio file"),
+                         (audio_dir / "missing.ogg", "not found")]:
+        with pytest.raises(AudioError) as info:
+            load_audio(path)
+        assert str(path) in str(info.value) and reason in str(info.value)
+
+
+def test_wrong_extension_is_decoded_by_content(audio_dir):
+    path = write_audio(audio_dir / "really_a_flac.mp3", tone(2.0, 16000), 16000, ext="flac")
+    assert load_audio(path, excerpt=Excerpt(seconds=None)).samples.shape == (32000,)
+
+
+def test_nan_samples_are_rejected(audio_dir):
+    data = tone(1.0, 16000)
+    data[100] = np.nan
+    path = audio_dir / "nan.wav"
+    sf.write(str(path), data, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="NaN"):
+        load_audio(path)
+
+
+def test_split_windows_pads_the_last_window():
+    w = split_windows(np.arange(10, dtype=np.float32), 4)
+    assert w.shape == (3, 4) and w[2].tolist() == [8, 9, 0, 0]
