@@ -57,7 +57,7 @@ _LYRIC_LINES = {
     "love": [
         "Your hand in mine {time}, the whole world fades away", "I fell for you the moment that you smiled",
         "Every heartbeat whispers out your name", "Hold me close, I'm never letting go",
-        "You're the reason that I wake up singing", "Kiss me slowly underneath the stars",
+        "You're the reason that I wake up singing", "Kiss me underneath the summer stars",
         "My heart found a home inside your arms", "I'd cross an ocean just to see your face",
         "Darling, you and I were meant to be", "Love is written all across the sky",
         "Every song I write is about you", "Stay with me {time} and forever after",
@@ -76,7 +76,7 @@ _LYRIC_LINES = {
         "I lie in meadows watching eagles fly", "Rain is falling on the forest leaves",
         "The ocean waves roll in {time}", "Snow is resting on the silent hills",
         "Sunlight breaking through the green canopy", "Seasons turning like an ancient wheel",
-        "Birds are calling from the willow branch", "The moon is rising over quiet lakes",
+        "Birds are calling from the willow branch", "The moon is rising over silver lakes",
     ],
     "city": [
         "Neon signs are flashing on the avenue", "Taxis racing through the downtown streets",
@@ -263,7 +263,7 @@ def _tone(freq: float, dur: float, instrument: str, sr: int, rng: np.random.Gene
         env = np.exp(-decay(k) * t) if decay(k) else 1.0
         out += (amp * env * np.sin(k * phase + rng.uniform(0, 2 * np.pi))).astype(np.float32)
     if instrument == "flute":
-        out += 0.04 * rng.standard_normal(n).astype(np.float32) * np.minimum(1.0, t / 0.05)
+        out += 0.015 * rng.standard_normal(n).astype(np.float32) * np.minimum(1.0, t / 0.05)
     env = np.minimum(1.0, t / attack)
     release = min(n, int(0.04 * sr))
     env[n - release:] *= np.linspace(1.0, 0.0, release, dtype=np.float32)
@@ -283,7 +283,7 @@ def _drum_hits(n: int, sr: int, beat: float, rng: np.random.Generator, energetic
         elif i % 4 == 2:
             piece = rng.standard_normal(snare_len) * np.exp(-np.arange(snare_len) / sr * 22) * 0.5
         else:
-            piece = rng.standard_normal(hat_len) * np.exp(-np.arange(hat_len) / sr * 90) * (0.25 if energetic else 0.12)
+            piece = rng.standard_normal(hat_len) * np.exp(-np.arange(hat_len) / sr * 90) * (0.3 if energetic else 0.18)
             piece = np.diff(piece, prepend=0.0)  # crude high-pass: hats hiss
         end = min(n, start + len(piece))
         out[start:end] += piece[: end - start].astype(np.float32)

@@ -1,0 +1,112 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from alcap.data.store import (
+    DATA_FILE, INDEX_FILE, EmbeddingStore, EmbeddingWriter, StoreEntry, StoreError, StoreMismatchError, store_meta,
+)
+
+META = store_meta({"name": "fake", "weights_sha256": "abc", "dim": 8}, 16000, {"seconds": 15.0, "position": "middle", "offset": 0.0}, 8)
+
+
+def entry(song_id: str) -> StoreEntry:
+    return StoreEntry(id=song_id, offset=0, length=0, duration=15.0, audio=f"{song_id}.wav")
+
+
+def arrays(n: int, length: int = 5, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((length + i, 8)).astype(np.float32) for i in range(n)]
+
+
+def test_round_trip_with_random_access(tmp_path):
+    data = arrays(5)
+    with EmbeddingWriter.open(tmp_path, META) as w:
+        w.add_batch([(entry(f"s{i}"), a) for i, a in enumerate(data[:3])])
+        w.add_batch([(entry(f"s{i}"), a) for i, a in enumerate(data[3:], start=3)])
+    store = EmbeddingStore.open(tmp_path)
+    assert len(store) == 5 and store.song_ids == [f"s{i}" for i in range(5)]
+    for i in (4, 0, 2):
+        got = store[f"s{i}"]
+        assert got.dtype == np.float16 and got.shape == (5 + i, 8)
+        np.testing.assert_array_equal(got, data[i].astype(np.float16))
+    assert store.get("s1").dtype == np.float32
+    assert "s3" in store and "nope" not in store
+    with pytest.raises(KeyError, match="'nope' is not in the embedding store"):
+        store["nope"]
+    stats = store.stats()
+    assert stats["rows"] == sum(len(a) for a in data) and stats["bytes_per_song"] == stats["rows"] * 8 * 2 / 5
+
+
+def test_store_built_with_other_settings_is_refused(tmp_path):
+    with EmbeddingWriter.open(tmp_path, META) as w:
+        w.add_batch([(entry("a"), arrays(1)[0])])
+    other = json.loads(json.dumps(META))
+    other["extractor"]["weights_sha256"] = "def"
+    other["excerpt"]["seconds"] = 10.0
+    with pytest.raises(StoreMismatchError) as info:
+        EmbeddingWriter.open(tmp_path, other)
+    assert "extractor.weights_sha256: store has 'abc', this run has 'def'" in str(info.value)
+    assert "excerpt.seconds" in str(info.value)
+    # Informational fields (creation time, version) do not block appending.
+    again = json.loads(json.dumps(META))
+    again["info"]["created"] = "later"
+    EmbeddingWriter.open(tmp_path, again).close()
+
+
+def test_second_writer_is_locked_out(tmp_path):
+    with EmbeddingWriter.open(tmp_path, META):
+        with pytest.raises(StoreError, match="another process is writing"):
+            EmbeddingWriter.open(tmp_path, META)
+
+
+def test_interrupted_batch_is_dropped_and_the_rest_kept(tmp_path):
+    data = arrays(3)
+    with EmbeddingWriter.open(tmp_path, META) as w:
+        w.add_batch([(entry("a"), data[0]), (entry("b"), data[1])])
+    # A crash in the middle of the next batch: its rows reached the data file, and half an
+    # index line was written.
+    with open(tmp_path / DATA_FILE, "ab") as f:
+        f.write(data[2].astype(np.float16).tobytes())
+    with open(tmp_path / INDEX_FILE, "ab") as f:
+        f.write(b'{"id": "c", "offset": 11, "len')
+    store = EmbeddingStore.open(tmp_path)  # readers ignore the torn tail
+    assert store.song_ids == ["a", "b"]
+    np.testing.assert_array_equal(store["b"], data[1].astype(np.float16))
+    with EmbeddingWriter.open(tmp_path, META) as w:  # the next writer truncates it and goes on
+        assert "c" not in w
+        w.add_batch([(entry("c"), data[2])])
+    store = EmbeddingStore.open(tmp_path)
+    assert store.song_ids == ["a", "b", "c"]
+    np.testing.assert_array_equal(store["c"], data[2].astype(np.float16))
+    assert os.path.getsize(tmp_path / DATA_FILE) == sum(len(a) for a in data) * 8 * 2
+
+
+def test_index_lines_without_their_rows_are_ignored(tmp_path):
+    with EmbeddingWriter.open(tmp_path, META) as w:
+        w.add_batch([(entry("a"), arrays(1)[0])])
+    with open(tmp_path / INDEX_FILE, "ab") as f:
+        f.write((json.dumps({"id": "ghost", "offset": 5, "length": 5, "duration": 1.0}) + "\n").encode())
+    assert EmbeddingStore.open(tmp_path).song_ids == ["a"]
+
+
+def test_failures_are_recorded_until_the_song_succeeds(tmp_path):
+    with EmbeddingWriter.open(tmp_path, META) as w:
+        w.add_failure("x", "x.mp3", "file is empty (0 bytes)")
+        w.add_failure("y", "y.mp3", "not a readable audio file")
+    assert {f["id"] for f in EmbeddingStore.open(tmp_path).failures()} == {"x", "y"}
+    with EmbeddingWriter.open(tmp_path, META) as w:
+        w.add_batch([(entry("x"), arrays(1)[0])])
+    assert [f["id"] for f in EmbeddingStore.open(tmp_path).failures()] == ["y"]
+
+
+def test_opening_something_else_says_what_to_do(tmp_path):
+    with pytest.raises(StoreError, match="not an embedding store.*alcap embed"):
+        EmbeddingStore.open(tmp_path)
+
+
+def test_wrong_embedding_width_is_an_error(tmp_path):
+    with EmbeddingWriter.open(tmp_path, META) as w:
+        with pytest.raises(StoreError, match=r"song a: embedding shape \(3, 4\)"):
+            w.add_batch([(entry("a"), np.zeros((3, 4)))])

@@ -1,0 +1,125 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alcap.audio.tags import MSD_TOP50_TAGS
+from alcap.cli import build_parser, main
+from alcap.data.demo import make_demo_corpus
+from alcap.data.store import EmbeddingStore
+
+from helpers import tone, write_audio
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_tag_json_lists_top_k_tags_per_file(capsys, cnnsa_checkpoint, audio_dir):
+    a = write_audio(audio_dir / "a.mp3", tone(20.0, 44100, channels=2), 44100)
+    b = write_audio(audio_dir / "b.wav", tone(5.0, 8000, freq=220), 8000)
+    bad = audio_dir / "bad.flac"
+    bad.write_bytes(b"nope")
+    code, out, err = run(capsys, "tag", a, bad, b, "--checkpoint", cnnsa_checkpoint, "--json", "--top", "50")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 1  # one file failed; the others were still tagged
+    assert [line["file"] for line in lines] == [str(a), str(bad), str(b)]
+    assert "not a readable audio file" in lines[1]["error"] and str(bad) in err
+    for line in (lines[0], lines[2]):
+        tags = line["tags"]
+        assert set(tags) == set(MSD_TOP50_TAGS)
+        values = list(tags.values())
+        assert values == sorted(values, reverse=True) and all(0 <= v <= 1 for v in values)
+    code, out, _ = run(capsys, "tag", a, "--checkpoint", cnnsa_checkpoint.parent, "--json", "--top", "3")
+    assert code == 0 and len(json.loads(out)["tags"]) == 3
+
+
+def test_tag_text_and_full_track(capsys, cnnsa_checkpoint, audio_dir):
+    a = write_audio(audio_dir / "long.ogg", tone(40.0, 22050), 22050)
+    code, out, _ = run(capsys, "tag", a, "--checkpoint", cnnsa_checkpoint, "--full-track", "--top", "2")
+    assert code == 0 and out.splitlines()[0] == str(a) and len(out.splitlines()) == 3
+
+
+def test_tag_with_a_broken_checkpoint_explains(capsys, tmp_path, audio_dir):
+    a = write_audio(audio_dir / "a.wav", tone(2.0, 16000), 16000)
+    code, _, err = run(capsys, "tag", a, "--checkpoint", tmp_path / "missing.pth")
+    assert code == 2 and "missing.pth: checkpoint not found" in err
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli_demo")
+    make_demo_corpus(out, n_songs=6, seed=1, min_seconds=2.0, max_seconds=3.0, workers=1, progress=False)
+    return out
+
+
+def test_embed_then_resume_then_refuse_other_weights(capsys, small_demo, tmp_path, cnnsa_checkpoint):
+    manifest = small_demo / "manifest.jsonl"
+    store_dir = tmp_path / "store"
+    code, out, _ = run(capsys, "embed", manifest, "--out", store_dir, "--random-init", "0", "--json", "--quiet",
+                       "--excerpt-seconds", "2", "--workers", "1")
+    summary = json.loads(out)
+    assert code == 0 and summary["embedded"] == 6 and summary["failed"] == 0
+    assert summary["bytes_per_song"] == 17 * 256 * 2  # 2 s -> 126 frames -> 16 steps + CLS
+    code, out, _ = run(capsys, "embed", manifest, "--out", store_dir, "--random-init", "0", "--quiet",
+                       "--excerpt-seconds", "2")
+    assert code == 0 and "embedded 0 songs (6 already in the store, 0 failed)" in out
+    code, _, err = run(capsys, "embed", manifest, "--out", store_dir, "--checkpoint", cnnsa_checkpoint, "--quiet",
+                       "--excerpt-seconds", "2")
+    assert code == 2 and "extractor.weights_sha256" in err and "another --out directory" in err
+    code, out, _ = run(capsys, "store", "info", store_dir)
+    assert code == 0 and "songs: 6" in out and "random-init (seed 0)" in out
+    store = EmbeddingStore.open(store_dir)
+    assert store["demo0000"].shape == (17, 256)
+
+
+def test_embed_only_some_splits(capsys, small_demo, tmp_path):
+    code, out, _ = run(capsys, "embed", small_demo / "manifest.jsonl", "--out", tmp_path / "s", "--random-init", "0",
+                       "--split", "train", "--json", "--quiet", "--excerpt-seconds", "1", "--workers", "0")
+    rows = [json.loads(line) for line in (small_demo / "manifest.jsonl").read_text().splitlines()]
+    assert json.loads(out)["songs"] == len({r["song_id"] for r in rows if r["split"] == "train"})
+
+
+def test_validate_exit_codes_and_json(capsys, small_demo, tmp_path):
+    report_path = tmp_path / "report.json"
+    code, out, _ = run(capsys, "data", "validate", small_demo / "manifest.jsonl", "--json", report_path, "--quiet")
+    assert code == 0 and "18 of 18 rows usable" in out
+    assert json.loads(report_path.read_text())["usable_rows"] == 18
+    broken = tmp_path / "broken.csv"
+    broken.write_text("song_id,audio,lyrics,caption,split\n1,nowhere.wav,,,train\n")
+    code, out, _ = run(capsys, "data", "validate", broken, "--quiet")
+    assert code == 1 and "file not found" in out and "caption is empty" in out
+
+
+def test_make_demo_command(capsys, tmp_path):
+    code, out, _ = run(capsys, "data", "make-demo", tmp_path / "d", "--songs", "3", "--min-seconds", "1",
+                       "--max-seconds", "2", "--quiet", "--workers", "1")
+    assert code == 0 and "3 songs" in out and (tmp_path / "d" / "manifest.jsonl").exists()
+
+
+def all_subparsers(parser, prefix=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield prefix + (name,), sub
+                yield from all_subparsers(sub, prefix + (name,))
+
+
+def test_every_option_is_explained():
+    for path, sub in all_subparsers(build_parser()):
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"alcap {' '.join(path)} {action.option_strings[0]} has no help"
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).with_name("alcap")
+    out = subprocess.run([str(exe), "embed", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--checkpoint" in out and "--random-init" in out and "--excerpt-seconds" in out
