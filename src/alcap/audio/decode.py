@@ -104,8 +104,12 @@ def load_audio(path: str | Path, sample_rate: int = 16000, excerpt: Excerpt = Ex
     if start >= total:
         raise AudioError(path, f"excerpt offset {excerpt.offset:g} s is past the end of the audio ({total / src_rate:.2f} s)")
     frames = total - start if excerpt.seconds is None else min(total - start, int(round(excerpt.seconds * src_rate)))
+    # MPEG audio cannot be entered mid-stream cleanly (the first frame after a seek lacks its
+    # bit reservoir and libmpg123 reports an error), so MP3 is decoded from the start; it is cheap.
+    lead = start if info.format in ("MP3", "MPEG") else 0
     try:
-        data, _ = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+        data, _ = sf.read(str(path), start=start - lead, frames=frames + lead, dtype="float32", always_2d=True)
+        data = data[lead:]
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
         raise AudioError(path, f"decoding failed ({_short(exc)})") from None
     if data.shape[0] == 0:
