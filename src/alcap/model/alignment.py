@@ -1,0 +1,73 @@
+"""Contrastive audio-lyrics alignment (ALCAP's "align before fuse").
+
+`info_nce` is the loss on pooled, projected embeddings; `AlignmentHead` pools the lyrics
+states that enter the first fusion layer, projects them into the music space and pools
+the music sequence, so that the loss compares one vector per song on each side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def song_index(song_ids: Sequence | torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    """Song ids of any hashable type -> (N,) integer tensor, equal where the songs are equal."""
+    if song_ids is None:
+        return torch.arange(n, device=device)
+    if isinstance(song_ids, torch.Tensor):
+        return song_ids.to(device)
+    lookup: dict = {}
+    return torch.tensor([lookup.setdefault(s, len(lookup)) for s in song_ids], device=device)
+
+
+def info_nce(
+    music_emb: torch.Tensor,
+    lyrics_emb: torch.Tensor,
+    song_ids: Sequence | torch.Tensor | None = None,
+    temperature: float = 0.3,
+    symmetric: bool = False,
+) -> torch.Tensor:
+    """InfoNCE between paired (N, D) music and lyrics embeddings, cosine similarity / temperature.
+
+    Row i's positive is column i. Rows of the same song (equal `song_ids`) are not negatives
+    of each other: a song usually has several captions and so appears several times in a
+    batch. One-way (music -> lyrics) as in ALCAP's Eq. 1 unless `symmetric`.
+    """
+    if music_emb.shape != lyrics_emb.shape or music_emb.dim() != 2:
+        raise ValueError(f"expected two (N, D) tensors of one shape, got {tuple(music_emb.shape)} and {tuple(lyrics_emb.shape)}")
+    n = music_emb.shape[0]
+    logits = F.normalize(music_emb, dim=-1) @ F.normalize(lyrics_emb, dim=-1).T / temperature  # (N, N)
+    ids = song_index(song_ids, n, logits.device)
+    same_song = ids[:, None] == ids[None, :]
+    not_negative = same_song & ~torch.eye(n, dtype=torch.bool, device=logits.device)
+    logits = logits.masked_fill(not_negative, float("-inf"))
+    target = torch.arange(n, device=logits.device)
+    loss = F.cross_entropy(logits, target)
+    if symmetric:
+        loss = (loss + F.cross_entropy(logits.T, target)) / 2
+    return loss
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the sequence of (B, L, D), counting only positions where mask is 1."""
+    if mask is None:
+        return states.mean(dim=1)
+    weights = mask.to(states.dtype).unsqueeze(-1)  # (B, L, 1)
+    return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class AlignmentHead(nn.Module):
+    """z_t = W . masked_mean(h_t) (d_model -> music_dim); z_m = masked_mean(h_m), used as is."""
+
+    def __init__(self, d_model: int, music_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(d_model, music_dim)
+
+    def forward(self, lyrics_states, lyrics_mask, music_states, music_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        z_t = self.proj(masked_mean(lyrics_states, lyrics_mask))  # (B, music_dim)
+        z_m = masked_mean(music_states, music_mask)  # (B, music_dim)
+        return z_m, z_t

@@ -1,0 +1,205 @@
+"""ALCAP on top of Hugging Face BART: lyrics encoder + music fusion + alignment + BART decoder.
+
+HF's modules are used as they are (no fork of modeling_bart): this file only runs the
+encoder layers itself, so that the alignment head can read the lyrics states that enter
+the first fusion layer and the fusion block can act after chosen layers. The decoder and
+`generate()` are HF's, fed with the fused encoder states.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import BartConfig, BartForConditionalGeneration
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import BaseModelOutput
+
+from .alignment import AlignmentHead, info_nce
+from .fusion import FusionBlock
+
+CONFIG_FILE, WEIGHTS_FILE = "alcap_config.json", "model.safetensors"
+
+
+@dataclass
+class AlcapConfig:
+    """What ALCAP adds to BART. Defaults are the original's for `bart-base` (SPEC section 2)."""
+
+    use_music: bool = True  # False: the lyrics-only BART baseline
+    music_dim: int = 256
+    fusion_layers: list[int] = field(default_factory=lambda: [4, 5])  # fuse after these encoder layers (0-based)
+    fusion_shared: bool = True  # one fusion block reused at every fusion layer
+    fusion_heads: int = 1
+    fusion_residual_scale: float = 0.1
+    fusion_forget_gate: bool = False
+    fusion_dropout: float = 0.0
+    align_layer: int | None = None  # lyrics states entering this layer; None: the first fusion layer
+    alpha: float = 0.02  # weight of the contrastive loss; 0 = BART-fusion
+    temperature: float = 0.3
+    symmetric: bool = False
+
+    def alignment_layer(self) -> int:
+        return self.align_layer if self.align_layer is not None else min(self.fusion_layers)
+
+    def check(self, encoder_layers: int) -> None:
+        if self.use_music:
+            bad = [i for i in self.fusion_layers if not 0 <= i < encoder_layers]
+            if bad or not self.fusion_layers:
+                raise ValueError(f"fusion_layers {self.fusion_layers} must be non-empty and in 0..{encoder_layers - 1}")
+            if not 0 <= self.alignment_layer() <= encoder_layers:
+                raise ValueError(f"align_layer {self.align_layer} must be in 0..{encoder_layers}")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be positive")
+
+
+@dataclass
+class AlcapOutput:
+    loss: torch.Tensor | None  # caption_loss + alpha * contrast_loss
+    caption_loss: torch.Tensor | None
+    contrast_loss: torch.Tensor | None  # computed whenever music is used, also with alpha = 0 (for logging)
+    logits: torch.Tensor  # (B, L_caption, vocab)
+    z_music: torch.Tensor | None = None  # (B, music_dim) pooled music
+    z_lyrics: torch.Tensor | None = None  # (B, music_dim) projected pooled lyrics
+    fusion_attentions: list[torch.Tensor] | None = None  # per fusion layer, (B, L_t, L_m)
+
+
+@dataclass
+class EncoderOutput:
+    states: torch.Tensor  # (B, L_t, d_model) fused lyrics states for the decoder
+    align_states: torch.Tensor  # (B, L_t, d_model) lyrics states entering the alignment layer
+    attentions: list[torch.Tensor] | None
+
+
+class AlcapModel(nn.Module):
+    def __init__(self, config: AlcapConfig, bart: BartForConditionalGeneration):
+        super().__init__()
+        config.check(bart.config.encoder_layers)
+        self.config = config
+        self.bart = bart
+        d_model = bart.config.d_model
+        if config.use_music:
+            n_blocks = 1 if config.fusion_shared else len(config.fusion_layers)
+            self.fusion = nn.ModuleList([
+                FusionBlock(d_model, config.music_dim, config.fusion_heads, config.fusion_residual_scale,
+                            config.fusion_forget_gate, config.fusion_dropout)
+                for _ in range(n_blocks)
+            ])
+            self.alignment = AlignmentHead(d_model, config.music_dim)
+
+    # ------------------------------------------------------------------ encoder
+
+    def _fusion_block(self, layer: int) -> FusionBlock:
+        return self.fusion[0 if self.config.fusion_shared else self.config.fusion_layers.index(layer)]
+
+    def encode(self, input_ids, attention_mask, music=None, music_mask=None, need_weights: bool = False) -> EncoderOutput:
+        """Lyrics ids (B, L_t) + music (B, L_m, music_dim) -> fused states, through HF's own modules."""
+        enc = self.bart.get_encoder()
+        embeds = enc.embed_tokens(input_ids)
+        hidden = enc.layernorm_embedding(embeds + enc.embed_positions(input_ids).to(embeds.device))
+        hidden = nn.functional.dropout(hidden, p=enc.dropout, training=self.training)
+        mask = create_bidirectional_mask(config=enc.config, inputs_embeds=embeds, attention_mask=attention_mask)
+        use_music = self.config.use_music and music is not None
+        align_at = self.config.alignment_layer()
+        align_states, attentions = None, [] if need_weights else None
+        for i, layer in enumerate(enc.layers):
+            if i == align_at:
+                align_states = hidden
+            if not (self.training and enc.layerdrop > 0 and torch.rand([]) < enc.layerdrop):
+                hidden = layer(hidden, mask)
+            if use_music and i in self.config.fusion_layers:
+                hidden, weights = self._fusion_block(i)(hidden, music.to(hidden.dtype), music_mask, need_weights)
+                if need_weights:
+                    attentions.append(weights)
+        if align_states is None:  # align_layer == number of layers: the encoder's output
+            align_states = hidden
+        return EncoderOutput(hidden, align_states, attentions)
+
+    # ------------------------------------------------------------------ training
+
+    def forward(self, input_ids, attention_mask, labels=None, music=None, music_mask=None, song_ids=None,
+                decoder_input_ids=None, return_attention: bool = False) -> AlcapOutput:
+        """labels: (B, L_c) caption ids with -100 at padding; song_ids mark rows of one song."""
+        encoded = self.encode(input_ids, attention_mask, music, music_mask, need_weights=return_attention)
+        out = self.bart(
+            attention_mask=attention_mask, encoder_outputs=BaseModelOutput(last_hidden_state=encoded.states),
+            labels=labels, decoder_input_ids=decoder_input_ids, use_cache=False,
+        )
+        caption_loss = out.loss
+        contrast_loss = z_m = z_t = None
+        if self.config.use_music and music is not None:
+            z_m, z_t = self.alignment(encoded.align_states, attention_mask, music, music_mask)
+            if self.config.alpha > 0:
+                contrast_loss = info_nce(z_m, z_t, song_ids, self.config.temperature, self.config.symmetric)
+            else:  # logged only: BART-fusion does not train the alignment head
+                with torch.no_grad():
+                    contrast_loss = info_nce(z_m, z_t, song_ids, self.config.temperature, self.config.symmetric)
+        loss = caption_loss
+        if loss is not None and contrast_loss is not None and self.config.alpha > 0:
+            loss = loss + self.config.alpha * contrast_loss
+        return AlcapOutput(loss, caption_loss, contrast_loss, out.logits, z_m, z_t, encoded.attentions)
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, music=None, music_mask=None, **generation_kwargs) -> torch.Tensor:
+        """Caption ids through HF `generate()` (greedy, beam, sampling, ... by its kwargs)."""
+        encoded = self.encode(input_ids, attention_mask, music, music_mask)
+        return self.bart.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded.states), attention_mask=attention_mask,
+            **generation_kwargs,
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """config.json (BART's), alcap_config.json and model.safetensors; no pickles."""
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.bart.config.save_pretrained(directory)
+        (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n", encoding="utf-8")
+        save_model(self, str(directory / WEIGHTS_FILE))  # handles BART's tied embeddings
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "AlcapModel":
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{directory}: not an alcap model directory (no {CONFIG_FILE})")
+        config = AlcapConfig(**json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")))
+        bart = BartForConditionalGeneration(BartConfig.from_pretrained(directory))
+        model = cls(config, bart)
+        load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
+        return model.eval()
+
+
+def bart_config(preset: str, vocab_size: int, **overrides) -> BartConfig:
+    """Random-init backbones: `bart-base` (the paper's dimensions) and `tiny` (tests, demo)."""
+    presets = {
+        "bart-base": dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                          decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
+                          max_position_embeddings=1024),
+        "tiny": dict(d_model=64, encoder_layers=3, decoder_layers=2, encoder_attention_heads=4,
+                     decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                     max_position_embeddings=520),
+    }
+    if preset not in presets:
+        raise ValueError(f"unknown backbone preset {preset!r}; choose from {', '.join(presets)} or give a directory")
+    config = BartConfig(vocab_size=vocab_size, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                        decoder_start_token_id=2, forced_eos_token_id=2, **{**presets[preset], **overrides})
+    return config
+
+
+def num_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def info_nce_bound(contrast_loss: float, batch_size: int) -> float:
+    """The InfoNCE lower bound on the music-lyrics mutual information: log(N) - L_contrast (nats)."""
+    return math.log(batch_size) - contrast_loss

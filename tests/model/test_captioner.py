@@ -1,0 +1,112 @@
+import pytest
+import torch
+from transformers import BartForConditionalGeneration
+
+from alcap.model.captioner import AlcapConfig, AlcapModel, bart_config
+
+VOCAB = 120
+
+
+def tiny_model(seed: int = 0, **overrides) -> AlcapModel:
+    torch.manual_seed(seed)
+    cfg = {"fusion_layers": [1, 2], **overrides}
+    return AlcapModel(AlcapConfig(**cfg), BartForConditionalGeneration(bart_config("tiny", VOCAB))).eval()
+
+
+def batch(seed: int = 1, b: int = 3, l_t: int = 9, l_c: int = 7, l_m: int = 11):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, VOCAB, (b, l_t), generator=g)
+    ids[:, 0], ids[:, -1] = 0, 2
+    mask = torch.ones(b, l_t, dtype=torch.long)
+    ids[0, -3:], mask[0, -3:] = 1, 0  # first row is padded
+    labels = torch.randint(4, VOCAB, (b, l_c), generator=g)
+    labels[1, -2:] = -100
+    music = torch.randn(b, l_m, 256, generator=g)
+    return ids, mask, labels, music
+
+
+def test_without_fusion_it_is_exactly_hf_bart():
+    model = tiny_model(use_music=False, alpha=0.0)
+    ids, mask, labels, music = batch()
+    ours = model(ids, mask, labels, music=music)
+    ref = model.bart(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
+    assert torch.equal(ours.logits, ref.logits)
+    assert torch.equal(ours.caption_loss, ref.loss) and torch.equal(ours.loss, ref.loss)
+    assert ours.contrast_loss is None
+
+
+def test_fusion_changes_the_output_and_losses_add_up():
+    model = tiny_model(alpha=0.02)
+    ids, mask, labels, music = batch()
+    out = model(ids, mask, labels, music=music, song_ids=["a", "b", "a"])
+    plain = model.bart(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
+    assert not torch.allclose(out.logits, plain.logits)
+    assert out.loss.item() == pytest.approx(out.caption_loss.item() + 0.02 * out.contrast_loss.item(), rel=1e-6)
+    assert out.z_music.shape == out.z_lyrics.shape == (3, 256)
+
+
+def test_music_and_padding_are_respected():
+    model = tiny_model()
+    ids, mask, labels, music = batch()
+    out = model(ids, mask, labels, music=music, return_attention=True)
+    assert len(out.fusion_attentions) == 2 and out.fusion_attentions[0].shape == (3, 9, 11)
+    torch.testing.assert_close(out.fusion_attentions[0].sum(-1), torch.ones(3, 9))
+    # Padding the music sequence with masked steps changes nothing.
+    padded = torch.cat([music, torch.randn(3, 4, 256)], dim=1)
+    music_mask = torch.cat([torch.ones(3, 11), torch.zeros(3, 4)], dim=1).long()
+    out_padded = model(ids, mask, labels, music=padded, music_mask=music_mask, return_attention=True)
+    torch.testing.assert_close(out_padded.logits, out.logits, atol=1e-5, rtol=1e-5)
+    assert torch.all(out_padded.fusion_attentions[1][:, :, 11:] == 0)
+
+
+def test_gradients_reach_fusion_and_projection_only_when_they_should():
+    model = tiny_model(alpha=0.02).train()
+    ids, mask, labels, music = batch()
+    model(ids, mask, labels, music=music).loss.backward()
+    assert model.fusion[0].key.weight.grad.abs().sum() > 0
+    assert model.alignment.proj.weight.grad.abs().sum() > 0
+    assert model.bart.get_encoder().layers[0].fc1.weight.grad.abs().sum() > 0  # alignment reaches the lower encoder
+    fusion_only = tiny_model(alpha=0.0).train()
+    out = fusion_only(ids, mask, labels, music=music)
+    out.loss.backward()
+    assert out.contrast_loss is not None and not out.contrast_loss.requires_grad  # logged, not trained
+    assert fusion_only.alignment.proj.weight.grad is None
+    assert fusion_only.fusion[0].key.weight.grad.abs().sum() > 0
+
+
+def test_per_layer_fusion_blocks_and_forget_gate():
+    model = tiny_model(fusion_shared=False, fusion_forget_gate=True)
+    assert len(model.fusion) == 2 and model.fusion[0].gate is not None
+    ids, mask, labels, music = batch()
+    assert torch.isfinite(model(ids, mask, labels, music=music).loss)
+
+
+def test_save_and_reload_give_identical_outputs(tmp_path):
+    model = tiny_model(seed=3, fusion_heads=2, temperature=0.2)
+    ids, mask, labels, music = batch()
+    model.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "alcap_config.json", "model.safetensors"}
+    again = AlcapModel.from_pretrained(tmp_path)
+    assert again.config == model.config
+    a, b = model(ids, mask, labels, music=music), again(ids, mask, labels, music=music)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.loss, b.loss)
+    assert again.bart.lm_head.weight.data_ptr() == again.bart.get_input_embeddings().weight.data_ptr()  # still tied
+
+
+def test_generation_batched_equals_one_at_a_time():
+    model = tiny_model()
+    ids, mask, _, music = batch()
+    kwargs = dict(max_length=12, num_beams=1, do_sample=False)
+    together = model.generate(ids, mask, music=music, **kwargs)
+    for i in range(3):
+        keep = mask[i].bool()
+        alone = model.generate(ids[i : i + 1, keep], mask[i : i + 1, keep], music=music[i : i + 1], **kwargs)
+        n = alone.shape[1]
+        assert torch.equal(together[i, :n], alone[0]), i
+    beams = model.generate(ids, mask, music=music, max_length=12, num_beams=4, do_sample=False)
+    assert beams.shape[0] == 3
+
+
+def test_bad_configuration_is_explained():
+    with pytest.raises(ValueError, match="fusion_layers \\[5\\] must be"):
+        tiny_model(fusion_layers=[5])
