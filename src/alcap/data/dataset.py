@@ -1,0 +1,79 @@
+"""Training rows -> tensors: the dataset joins manifest rows with stored music embeddings,
+the collator tokenises and pads each batch to its own longest row (no padding to 512)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .manifest import ManifestRow
+from .store import EmbeddingStore
+
+
+class MissingEmbeddingsError(Exception):
+    pass
+
+
+class CaptionDataset(Dataset):
+    """One item per (song, caption) row: lyrics, caption, the song's h_m and an integer song index.
+
+    The song index is the same for every row of a song (and in every process), so the
+    contrastive loss can tell copies of one song apart from negatives.
+    """
+
+    def __init__(self, rows: list[ManifestRow], store: EmbeddingStore | None = None):
+        self.rows = [r for r in rows if r.caption]
+        self.store = store
+        if store is not None:
+            missing = sorted({r.song_id for r in self.rows if r.song_id not in store})
+            if missing:
+                shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+                raise MissingEmbeddingsError(
+                    f"{len(missing)} songs have no music embedding in {store.root}: {shown}. "
+                    "Run `alcap embed` on the manifest first (failed songs are listed in its failures.jsonl).")
+        songs = sorted({r.song_id for r in self.rows})
+        self.song_index = {s: i for i, s in enumerate(songs)}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        item = {"song_id": row.song_id, "song_index": self.song_index[row.song_id], "lyrics": row.lyrics,
+                "caption": row.caption}
+        if self.store is not None:
+            item["music"] = self.store[row.song_id]  # (L_m, 256) float16 view, copied by the collator
+        return item
+
+
+@dataclass
+class CaptionCollator:
+    tokenizer: object
+    max_lyrics_tokens: int = 512
+    max_caption_tokens: int = 512
+
+    def __call__(self, items: list[dict]) -> dict:
+        lyrics = self.tokenizer([it["lyrics"] for it in items], padding=True, truncation=True,
+                                max_length=self.max_lyrics_tokens, return_tensors="pt")
+        captions = self.tokenizer([it["caption"] for it in items], padding=True, truncation=True,
+                                  max_length=self.max_caption_tokens, return_tensors="pt")
+        labels = captions["input_ids"].masked_fill(captions["attention_mask"] == 0, -100)
+        batch = {"input_ids": lyrics["input_ids"], "attention_mask": lyrics["attention_mask"], "labels": labels,
+                 "song_ids": torch.tensor([it["song_index"] for it in items])}
+        if "music" in items[0]:
+            batch["music"], batch["music_mask"] = pad_music([it["music"] for it in items])
+        return batch
+
+
+def pad_music(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_i, D) arrays -> (B, max L, D) float32 and a (B, max L) mask with 1 at real steps."""
+    longest = max(a.shape[0] for a in arrays)
+    out = np.zeros((len(arrays), longest, arrays[0].shape[1]), dtype=np.float32)
+    mask = np.zeros((len(arrays), longest), dtype=np.int64)
+    for i, a in enumerate(arrays):
+        out[i, : len(a)] = a
+        mask[i, : len(a)] = 1
+    return torch.from_numpy(out), torch.from_numpy(mask)

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+import torch
+
+from alcap.data.dataset import CaptionCollator, CaptionDataset, MissingEmbeddingsError, pad_music
+from alcap.data.manifest import ManifestRow
+from alcap.data.store import EmbeddingStore, EmbeddingWriter, StoreEntry, store_meta
+from alcap.model.backbone import train_bpe_tokenizer
+
+ROWS = [
+    ManifestRow(1, "s1", "a.wav", "la la love", "a slow love song", "train"),
+    ManifestRow(2, "s1", "a.wav", "la la love", "about being in love, quite a long caption here", "train"),
+    ManifestRow(3, "s2", "b.wav", "", "an instrumental", "train"),
+    ManifestRow(4, "s3", "c.wav", "x", "", "train"),  # no caption: not a training row
+]
+
+
+@pytest.fixture
+def store(tmp_path):
+    meta = store_meta({"name": "t", "weights_sha256": "0", "dim": 256}, 16000, {"seconds": 15.0}, 256)
+    with EmbeddingWriter.open(tmp_path, meta) as w:
+        w.add_batch([(StoreEntry("s1", 0, 0, 15.0), np.ones((5, 256))), (StoreEntry("s2", 0, 0, 15.0), 2 * np.ones((3, 256)))])
+    return EmbeddingStore.open(tmp_path)
+
+
+def test_dataset_joins_rows_and_embeddings(store):
+    ds = CaptionDataset(ROWS, store)
+    assert len(ds) == 3 and ds[0]["song_index"] == ds[1]["song_index"] != ds[2]["song_index"]
+    assert ds[2]["music"].shape == (3, 256)
+
+
+def test_missing_embeddings_are_named(store):
+    rows = ROWS + [ManifestRow(5, "s9", "z.wav", "", "c", "train")]
+    with pytest.raises(MissingEmbeddingsError, match="1 songs have no music embedding.*s9.*alcap embed"):
+        CaptionDataset(rows, store)
+
+
+def test_collator_pads_to_the_batch_and_masks_labels(store):
+    tok = train_bpe_tokenizer([r.lyrics + " " + r.caption for r in ROWS] * 5, vocab_size=300, min_frequency=1)
+    batch = CaptionCollator(tok)([CaptionDataset(ROWS, store)[i] for i in range(3)])
+    longest_caption = max(len(tok(r.caption)["input_ids"]) for r in ROWS[:3])
+    assert batch["labels"].shape == (3, longest_caption)  # dynamic padding, not 512
+    assert (batch["labels"] == -100).sum() == (3 * longest_caption - sum(len(tok(r.caption)["input_ids"]) for r in ROWS[:3]))
+    assert batch["music"].shape == (3, 5, 256) and batch["music"].dtype == torch.float32
+    assert batch["music_mask"].tolist()[2] == [1, 1, 1, 0, 0]
+    assert batch["song_ids"].tolist()[0] == batch["song_ids"].tolist()[1]
+    truncated = CaptionCollator(tok, max_lyrics_tokens=4, max_caption_tokens=5)([CaptionDataset(ROWS, store)[1]])
+    assert truncated["input_ids"].shape[1] <= 4 and truncated["labels"].shape[1] <= 5
+
+
+def test_pad_music():
+    music, mask = pad_music([np.ones((2, 3), np.float16), np.ones((4, 3), np.float16)])
+    assert music.shape == (2, 4, 3) and mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]] and music[0, 2:].abs().sum() == 0
