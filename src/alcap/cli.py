@@ -181,6 +181,23 @@ def cmd_store_info(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- train
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .train.loop import train
+
+    config = load_config(args.config, args.set)
+    if args.output_dir:
+        config.output_dir = args.output_dir
+    summary = train(config, progress=not args.quiet)
+    best = ", ".join(f"{k} {v:.4f}" for k, v in summary["best"].items() if v is not None) or "no validation rows"
+    print(f"trained {summary['epochs']} epochs ({summary['global_step']} steps) in {summary['seconds']} s; best {best}")
+    print(f"run directory: {summary['output_dir']} (best/ and last/ are loadable models, log.jsonl the curves)")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -227,6 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     _excerpt_args(p)
     _device_arg(p)
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("train", help="train a captioning model from a YAML config",
+                       description="Train ALCAP (or the BART / BART-fusion baselines) as a config file says, with "
+                                   "Accelerate: the same command on CPU, one GPU, or many under `accelerate launch`. "
+                                   "Rerunning it on the same output directory resumes from the last saved state.")
+    p.add_argument("config", metavar="CONFIG", help="YAML config (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=1e-4 --set model.alcap.alpha=0; repeatable")
+    p.add_argument("--output-dir", metavar="DIR", help="run directory (default: output_dir of the config)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     data = sub.add_parser("data", help="manifests and corpora: validate, make-demo",
                           description="Work with manifests and corpora.").add_subparsers(dest="data_command", metavar="COMMAND", required=True)

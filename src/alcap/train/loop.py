@@ -1,0 +1,270 @@
+"""The training application: one explicit Accelerate loop (CPU, one GPU or many, same code).
+
+Run directory layout:
+    config.yaml       the fully resolved configuration
+    log.jsonl         one JSON object per logged step / evaluation (train/..., val/... keys)
+    states/step_N/    resume states (model, optimiser, scheduler, RNG), the last few kept;
+                      states/latest names the newest complete one
+    best/             exported model with the best validation score (save_pretrained style)
+    last/             exported model at the end of training
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..config import RunConfig, save_config
+from ..data.dataset import CaptionCollator, CaptionDataset
+from ..data.manifest import read_manifest
+from ..data.store import EmbeddingStore
+from ..model.backbone import load_backbone
+from ..model.captioner import AlcapModel, info_nce_bound
+
+logger = logging.getLogger("alcap.train")
+LOSS_KEYS = ("loss", "caption_loss", "contrast_loss")
+
+
+@dataclass
+class TrainerState:
+    """What a resume needs beyond the tensors; saved as trainer_state.json in each state."""
+
+    epoch: int = 0  # epoch in progress
+    batches_done: int = 0  # batches of that epoch already trained on
+    global_step: int = 0  # optimiser steps
+    best_value: float | None = None
+    evals_without_improvement: int = 0
+    history: list = field(default_factory=list)
+
+
+def step_lr_factor(step: int, steps_per_epoch: int, step_epochs: int, gamma: float) -> float:
+    """StepLR as a pure function of the optimiser step: gamma ** (epoch // step_epochs)."""
+    return gamma ** ((step // max(1, steps_per_epoch)) // max(1, step_epochs))
+
+
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        # The original's settings: fixed LR, no relative step, no warm-up init, no weight decay.
+        return Adafactor(params, lr=cfg.lr, relative_step=False, warmup_init=False, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adafactor or adamw")
+
+
+class RunLog:
+    """Appends JSON lines to log.jsonl (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(config: RunConfig, progress: bool = True) -> dict:
+    """Train one model as `config` says; returns a summary (best value, paths, steps)."""
+    out = Path(config.output_dir)
+    tc = config.train
+    accelerator = Accelerator(
+        gradient_accumulation_steps=tc.grad_accum_steps, mixed_precision=tc.mixed_precision,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=tc.seed),
+    )
+    set_seed(tc.seed)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+
+    manifest = read_manifest(config.data.manifest)
+    use_music = config.model.alcap.use_music
+    store = EmbeddingStore.open(config.data.embeddings) if use_music else None
+    if use_music and store is None:
+        raise ValueError("model.alcap.use_music is true but data.embeddings is not set")
+    train_rows, val_rows = manifest.split(config.data.train_split), manifest.split(config.data.val_split)
+    if not train_rows:
+        raise ValueError(f"{config.data.manifest}: no rows in split {config.data.train_split!r}")
+    train_set, val_set = CaptionDataset(train_rows, store), CaptionDataset(val_rows, store)
+
+    tokenizer_dir = out / "tokenizer"
+    if config.model.backbone in ("tiny", "bart-base") and tokenizer_dir.exists():
+        # Resuming a preset run: the tokenizer trained at the start must be reused, not retrained.
+        from transformers import AutoTokenizer, BartForConditionalGeneration
+
+        from ..model.captioner import bart_config
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        bart = BartForConditionalGeneration(bart_config(config.model.backbone, len(tokenizer)))
+    else:
+        texts = [t for r in train_set.rows for t in (r.lyrics, r.caption) if t]
+        bart, tokenizer = load_backbone(config.model.backbone, texts, config.model.tokenizer_vocab_size)
+        if accelerator.is_main_process:
+            tokenizer.save_pretrained(tokenizer_dir)
+    model = AlcapModel(config.model.alcap, bart)
+
+    collate = CaptionCollator(tokenizer, config.data.max_lyrics_tokens, config.data.max_caption_tokens)
+    # Loaders get generators of their own: starting an iterator must not draw from the global
+    # RNG, or a resumed run would see other dropout masks than an uninterrupted one.
+    train_loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, collate_fn=collate,
+                              num_workers=config.data.num_workers, generator=torch.Generator().manual_seed(tc.seed))
+    val_loader = DataLoader(val_set, batch_size=tc.batch_size, shuffle=False, collate_fn=collate,
+                            num_workers=config.data.num_workers, generator=torch.Generator().manual_seed(tc.seed))
+    optimizer = build_optimizer(model, tc)
+    steps_per_epoch = math.ceil(len(train_loader) / tc.grad_accum_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: step_lr_factor(step, steps_per_epoch, tc.lr_step_epochs, tc.lr_gamma))
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+
+    state = TrainerState()
+    latest = out / "states" / "latest"
+    if latest.exists():
+        state_dir = out / "states" / latest.read_text().strip()
+        accelerator.load_state(str(state_dir))
+        state = TrainerState(**json.loads((state_dir / "trainer_state.json").read_text()))
+        logger.info("resumed from %s (epoch %d, step %d)", state_dir, state.epoch, state.global_step)
+
+    log = RunLog(out / "log.jsonl", accelerator.is_main_process)
+    bar = tqdm(total=tc.epochs * len(train_loader), initial=state.epoch * len(train_loader) + state.batches_done,
+               desc="training", unit="batch", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
+    window: dict[str, list[float]] = {}
+    started = time.perf_counter()
+    stop = False
+    while state.epoch < tc.epochs and not stop:
+        train_loader.set_epoch(state.epoch)
+        model.train()
+        loader = accelerator.skip_first_batches(train_loader, state.batches_done) if state.batches_done else train_loader
+        for batch in loader:
+            with accelerator.accumulate(model):
+                output = model(**batch)
+                accelerator.backward(output.loss)
+                if tc.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state.batches_done += 1
+            bar.update(1)
+            for key in LOSS_KEYS:
+                value = getattr(output, key)
+                if value is not None:
+                    window.setdefault(key, []).append(float(value.detach()))
+            if accelerator.sync_gradients:
+                state.global_step += 1
+                if state.global_step % tc.log_every_steps == 0:
+                    _log_train(log, window, state, scheduler, batch["input_ids"].shape[0], bar)
+                if tc.save_every_steps and state.global_step % tc.save_every_steps == 0:
+                    _save_state(accelerator, out, state, tc.keep_last_states)
+                if tc.max_steps and state.global_step >= tc.max_steps:
+                    stop = True
+                    break
+        if window:
+            _log_train(log, window, state, scheduler, tc.batch_size, bar)
+        if state.batches_done >= len(train_loader):
+            state.epoch, state.batches_done = state.epoch + 1, 0
+        if stop or state.epoch % tc.eval_every_epochs == 0 or state.epoch == tc.epochs:
+            metrics = evaluate_losses(model, val_loader, accelerator) if len(val_set) else {}
+            record = {"epoch": state.epoch, "step": state.global_step, **metrics}
+            log.write(record)
+            state.history.append(record)
+            stop = _select(accelerator, model, tokenizer, config, out, state, metrics) or stop
+        _save_state(accelerator, out, state, tc.keep_last_states)
+    bar.close()
+    _export(accelerator, model, tokenizer, config, out / "last")
+    if state.best_value is None:  # no validation rows: the last model is the best we know
+        _export(accelerator, model, tokenizer, config, out / "best")
+    accelerator.wait_for_everyone()
+    return {"output_dir": str(out), "global_step": state.global_step, "epochs": state.epoch,
+            "best": {tc.select_metric: state.best_value}, "seconds": round(time.perf_counter() - started, 1),
+            "history": state.history}
+
+
+def _log_train(log: RunLog, window: dict, state: TrainerState, scheduler, batch_size: int, bar) -> None:
+    record = {"epoch": state.epoch, "step": state.global_step, "lr": scheduler.get_last_lr()[0]}
+    for key, values in window.items():
+        record[f"train/{key}"] = sum(values) / len(values)
+    if "contrast_loss" in window:
+        record["train/info_nce_bound"] = info_nce_bound(record["train/contrast_loss"], batch_size)
+    window.clear()
+    log.write(record)
+    bar.set_postfix(loss=f"{record.get('train/loss', float('nan')):.3f}")
+
+
+@torch.no_grad()
+def evaluate_losses(model, loader, accelerator) -> dict:
+    """Teacher-forced validation losses, row-weighted means over all processes.
+
+    (With several processes the last batch may repeat a few rows to even the shards out.)
+    """
+    model.eval()
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in loader:
+        output = model(**batch)
+        n = torch.tensor(float(batch["input_ids"].shape[0]), device=accelerator.device)
+        for key in LOSS_KEYS:
+            value = getattr(output, key)
+            if value is not None:
+                sums[key] = sums.get(key, 0.0) + float(accelerator.reduce(value.detach() * n, "sum"))
+        count += int(accelerator.reduce(n, "sum"))
+    model.train()
+    return {f"val/{k}": v / max(count, 1) for k, v in sums.items()}
+
+
+def _select(accelerator, model, tokenizer, config: RunConfig, out: Path, state: TrainerState, metrics: dict) -> bool:
+    """Export best/ on improvement; True when early stopping says stop."""
+    tc = config.train
+    value = metrics.get(tc.select_metric)
+    if value is None:
+        return False
+    better = state.best_value is None or (value < state.best_value if tc.select_mode == "min" else value > state.best_value)
+    if better:
+        state.best_value, state.evals_without_improvement = value, 0
+        _export(accelerator, model, tokenizer, config, out / "best")
+    else:
+        state.evals_without_improvement += 1
+    return bool(tc.early_stop_patience and state.evals_without_improvement >= tc.early_stop_patience)
+
+
+def _export(accelerator, model, tokenizer, config: RunConfig, directory: Path) -> None:
+    """A model directory users load with `from_pretrained`, written atomically (tmp + rename)."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.unwrap_model(model).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    save_config(config, tmp / "run_config.yaml")
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+
+
+def _save_state(accelerator, out: Path, state: TrainerState, keep: int) -> None:
+    """Resume state; `states/latest` is switched only after the state is complete."""
+    name = f"step_{state.global_step:08d}"
+    states = out / "states"
+    accelerator.save_state(str(states / name))
+    if accelerator.is_main_process:
+        (states / name / "trainer_state.json").write_text(json.dumps(state.__dict__), encoding="utf-8")
+        tmp = states / "latest.tmp"
+        tmp.write_text(name)
+        os.replace(tmp, states / "latest")
+        for old in sorted(p for p in states.glob("step_*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,93 @@
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alcap.config import apply_override, load_config
+from alcap.data.demo import make_demo_corpus
+from alcap.data.embed import embed_songs
+from alcap.audio.decode import Excerpt
+from alcap.audio.extractor import CNNSAExtractor
+from alcap.model.captioner import AlcapModel
+from alcap.train.loop import step_lr_factor, train
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    make_demo_corpus(root / "corpus", n_songs=12, seed=5, min_seconds=2.0, max_seconds=2.5, workers=1, progress=False)
+    from alcap.data.manifest import read_manifest
+
+    songs = read_manifest(root / "corpus" / "manifest.jsonl").songs()
+    embed_songs(songs, CNNSAExtractor.random_init(0, device="cpu"), root / "store", excerpt=Excerpt(seconds=2.0),
+                workers=0, progress=False)
+    return root
+
+
+def tiny_config(root, out, **sets):
+    overrides = [f"data.manifest={root / 'corpus' / 'manifest.jsonl'}", f"data.embeddings={root / 'store'}",
+                 "model.backbone=tiny", "model.tokenizer_vocab_size=400", "model.alcap.fusion_layers=[1, 2]",
+                 "train.epochs=2", "train.batch_size=8", "train.optimizer=adamw", "train.lr=1e-3",
+                 "train.log_every_steps=1", "data.max_caption_tokens=48", f"output_dir={out}"]
+    overrides += [f"{k}={v}" for k, v in sets.items()]
+    return load_config(None, overrides)
+
+
+def batches_per_epoch(root, batch_size=8):
+    from alcap.data.manifest import read_manifest
+
+    return math.ceil(len(read_manifest(root / "corpus" / "manifest.jsonl").split("train")) / batch_size)
+
+
+def test_training_writes_a_run_directory(tiny_corpus, tmp_path):
+    summary = train(tiny_config(tiny_corpus, tmp_path / "run"), progress=False)
+    run = tmp_path / "run"
+    per_epoch = batches_per_epoch(tiny_corpus)
+    assert summary["epochs"] == 2 and summary["global_step"] == 2 * per_epoch
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "train/loss" in r]
+    assert len(steps) == 2 * per_epoch and all("train/contrast_loss" in r and "train/info_nce_bound" in r for r in steps)
+    assert steps[-1]["train/caption_loss"] < steps[0]["train/caption_loss"]
+    evals = [r for r in records if "val/loss" in r]
+    assert [r["epoch"] for r in evals] == [1, 2]
+    for name in ("best", "last"):
+        files = {p.name for p in (run / name).iterdir()}
+        assert {"config.json", "alcap_config.json", "model.safetensors", "run_config.yaml", "tokenizer.json"} <= files
+    assert AlcapModel.from_pretrained(run / "best").config.alpha == 0.02
+    assert (run / "config.yaml").exists() and (run / "states" / "latest").exists()
+
+
+def test_resume_after_a_kill_gives_the_same_model(tiny_corpus, tmp_path):
+    train(tiny_config(tiny_corpus, tmp_path / "straight"), progress=False)
+    # "Kill" in the middle of the second epoch, then run the same command again.
+    per_epoch = batches_per_epoch(tiny_corpus)
+    train(tiny_config(tiny_corpus, tmp_path / "resumed", **{"train.max_steps": per_epoch + 1}), progress=False)
+    summary = train(tiny_config(tiny_corpus, tmp_path / "resumed"), progress=False)
+    assert summary["global_step"] == 2 * per_epoch
+    a = load_file(tmp_path / "straight" / "last" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "last" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_lyrics_only_baseline_trains_without_a_store(tiny_corpus, tmp_path):
+    config = tiny_config(tiny_corpus, tmp_path / "bart", **{"model.alcap.use_music": "false", "data.embeddings": "null"})
+    summary = train(config, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "bart" / "log.jsonl").read_text().splitlines()]
+    assert summary["global_step"] == 2 * batches_per_epoch(tiny_corpus) and not any("train/contrast_loss" in r for r in records)
+
+
+def test_step_lr_is_a_pure_function_of_the_step():
+    assert [step_lr_factor(s, 10, 2, 0.1) for s in (0, 19, 20, 39, 40)] == [1.0, 1.0, 0.1, 0.1, pytest.approx(0.01)]
+
+
+def test_overrides_are_typed_and_checked():
+    config = load_config(None, ["train.lr=1", "model.alcap.fusion_layers=[0]", "generation.top_p=0.92"])
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
+    assert config.model.alcap.fusion_layers == [0] and config.generation.top_p == 0.92
+    with pytest.raises(ValueError, match="unknown key 'lrr'"):
+        apply_override(config, "train.lrr=1")
+    with pytest.raises(ValueError, match="no section 'trian'"):
+        apply_override(config, "trian.lr=1")
