@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/torch-cpu.txt
 		$(BIN)/python -m pip install --disable-pip-version-check -r requirements/torch-cpu.txt; \
 	fi
 	$(BIN)/python -m pip install --disable-pip-version-check -c requirements/constraints.txt -e '.[dev]'
+	@bash scripts/install-wordnet.sh
+	$(BIN)/python -m alcap.metrics.wordnet
 	@touch $@
 
 demo: $(STAMP)

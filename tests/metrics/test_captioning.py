@@ -1,0 +1,65 @@
+import pytest
+
+from alcap.metrics.captioning import caption_metrics, meteor, rouge, tokenizer_for_meteor
+from alcap.metrics.wordnet import install_from_debian, lexnames_text, wordnet_status
+
+REF = "the cat sat on the mat"
+
+
+def test_rouge_by_hand():
+    # "the cat sat" vs the reference: 3 of 6 unigrams, 2 of 5 bigrams, LCS 3.
+    m = rouge(["the cat sat"], [REF])
+    assert m["rouge1_recall"] == pytest.approx(3 / 6) and m["rouge1_precision"] == pytest.approx(1.0)
+    assert m["rouge1_f1"] == pytest.approx(2 * 0.5 / 1.5)
+    assert m["rouge2_recall"] == pytest.approx(2 / 5) and m["rougeL_recall"] == pytest.approx(3 / 6)
+    assert m["rouge1_recall_ci95"] == [pytest.approx(0.5), pytest.approx(0.5)]
+
+
+def test_rouge_takes_the_best_reference_and_averages():
+    m = rouge(["the cat sat", "a dog"], [["a bird flew", REF], "a dog"])
+    assert m["rouge1_recall"] == pytest.approx((0.5 + 1.0) / 2)
+    assert m["rouge1_recall"] == rouge(["the cat sat", "a dog"], [["a bird flew", REF], "a dog"])["rouge1_recall"]
+
+
+@pytest.mark.skipif(not wordnet_status()[0], reason="WordNet is set up by `make`")
+def test_meteor_by_hand():
+    # Identical: P = R = 1, one chunk of 6 matches: 1 - 0.5 * (1/6)^3.
+    assert meteor([REF], [REF])["meteor"] == pytest.approx(1 - 0.5 * (1 / 6) ** 3, abs=1e-6)
+    # "a cat" vs "a cat sat on the mat": P = 1, R = 2/6, Fmean = PR / (0.9 P + 0.1 R),
+    # one chunk of 2 matches: penalty 0.5 * (1/2)^3.
+    p, r = 1.0, 2 / 6
+    fmean = p * r / (0.9 * p + 0.1 * r)
+    assert meteor(["a cat"], ["a cat sat on the mat"])["meteor"] == pytest.approx(fmean * (1 - 0.5 * 0.5**3), abs=1e-6)
+    # NLTK aligns a repeated word to its last occurrence: "the" -> the second "the" of REF,
+    # so "the cat" makes 2 chunks and the penalty is 0.5 * (2/2)^3. This is the paper's metric.
+    assert meteor(["the cat"], [REF])["meteor"] == pytest.approx(fmean * 0.5, abs=1e-6)
+    # WordNet synonyms count ("quick" ~ "fast": one chunk of 3 matches). NLTK looks synonyms
+    # up after stemming the reference, so "film" ~ "movie" (stem "movi") does not match.
+    assert meteor(["a good quick"], ["a good fast"])["meteor"] == pytest.approx(1 - 0.5 * (1 / 3) ** 3, abs=1e-6)
+
+
+def test_metrics_have_the_documented_keys_in_range():
+    m = caption_metrics(["a slow piano song about love", "fast synth"], ["a slow piano ballad about love", "a fast synth track"])
+    for key in ("rouge1_recall", "rouge2_recall", "rougeL_recall", "rouge1_f1", "rouge2_f1", "rougeL_f1"):
+        assert 0 <= m[key] <= 1
+    assert m["meteor"] is None or 0 <= m["meteor"] <= 1
+    if m["meteor"] is None:
+        assert "wordnet" in m["meteor_unavailable"].lower()
+
+
+def test_fallback_tokenizer_splits_sentences_like_word_tokenize():
+    tokenize, name = tokenizer_for_meteor()
+    assert tokenize("It's slow. The lyrics are sad!") == ["It", "'s", "slow", ".", "The", "lyrics", "are", "sad", "!"]
+    assert name
+
+
+def test_wordnet_install_layout(tmp_path):
+    src = tmp_path / "debian"
+    src.mkdir()
+    (src / "data.noun").write_text("x")
+    target = install_from_debian(src, tmp_path / "nltk_data")
+    assert (target / "data.noun").read_text() == "x" and not (target / "data.noun").is_symlink()
+    lines = lexnames_text().splitlines()
+    assert len(lines) == 45 and lines[0] == "00\tadj.all\t3" and lines[3] == "03\tnoun.Tops\t1" and lines[44] == "44\tadj.ppl\t3"
+    with pytest.raises(FileNotFoundError, match="apt-get install wordnet-base"):
+        install_from_debian(tmp_path / "nowhere", tmp_path / "x")
