@@ -33,3 +33,21 @@ def cnnsa_checkpoint(tmp_path_factory) -> Path:
     path.parent.mkdir(parents=True)
     torch.save(state, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """12 short demo songs and their random-init CNNSA embeddings (2 s excerpts)."""
+    from alcap.audio.decode import Excerpt
+    from alcap.audio.extractor import CNNSAExtractor
+    from alcap.data.demo import make_demo_corpus
+    from alcap.data.embed import embed_songs
+
+    root = tmp_path_factory.mktemp("train")
+    make_demo_corpus(root / "corpus", n_songs=12, seed=5, min_seconds=2.0, max_seconds=2.5, workers=1, progress=False)
+    from alcap.data.manifest import read_manifest
+
+    songs = read_manifest(root / "corpus" / "manifest.jsonl").songs()
+    embed_songs(songs, CNNSAExtractor.random_init(0, device="cpu"), root / "store", excerpt=Excerpt(seconds=2.0),
+                workers=0, progress=False)
+    return root

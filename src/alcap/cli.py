@@ -198,6 +198,65 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_model
+
+    generation = None
+    if args.num_beams is not None or args.max_new_tokens is not None:
+        import yaml
+
+        from .config import RunConfig, from_dict
+
+        run = from_dict(RunConfig, yaml.safe_load((Path(args.checkpoint) / "run_config.yaml").read_text()))
+        generation = run.generation
+        generation.num_beams = args.num_beams or generation.num_beams
+        generation.max_new_tokens = args.max_new_tokens or generation.max_new_tokens
+    metrics = evaluate_model(args.checkpoint, split=args.split, manifest=args.manifest, embeddings=args.embeddings,
+                             out_dir=args.out, generation=generation, limit=args.limit, progress=not args.quiet)
+    keys = ("rouge1_recall", "rouge2_recall", "rougeL_recall", "rouge1_f1", "rouge2_f1", "rougeL_f1", "meteor")
+    print(" ".join(f"{k} {metrics[k]:.4f}" if metrics.get(k) is not None else f"{k} n/a" for k in keys))
+    if metrics.get("meteor") is None:
+        print(f"METEOR unavailable: {metrics.get('meteor_unavailable')}", file=sys.stderr)
+    if "attribute_accuracy" in metrics:
+        print("attributes stated correctly: " + ", ".join(f"{k} {v:.0%}" for k, v in metrics["attribute_accuracy"].items()))
+    print(f"{metrics['songs']} songs; predictions and metrics.json in {metrics['output_dir']}")
+    return 0
+
+
+def cmd_caption(args) -> int:
+    from .inference import Captioner
+
+    captioner = Captioner.from_pretrained(args.model, device=args.device)
+    lyrics = [_lyrics_for(Path(a), args.lyrics) for a in args.audio]
+    captions = captioner.caption_batch(args.audio, lyrics)
+    out = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None
+    for audio, lyr, caption in zip(args.audio, lyrics, captions):
+        if out:
+            out.write(json.dumps({"file": str(audio), "lyrics": lyr, "caption": caption}, ensure_ascii=False) + "\n")
+        else:
+            print(f"{audio}: {caption}")
+    if out:
+        out.close()
+        print(f"{len(captions)} captions written to {args.jsonl}")
+    return 0
+
+
+def _lyrics_for(audio: Path, given: str | None) -> str:
+    """--lyrics as a file or as text; else a sidecar .txt/.lrc next to the audio; else none."""
+    if given:
+        return Path(given).read_text(encoding="utf-8") if Path(given).is_file() else given
+    for suffix in (".txt", ".lrc"):
+        sidecar = audio.with_suffix(suffix)
+        if sidecar.is_file():
+            text = sidecar.read_text(encoding="utf-8")
+            if suffix == ".lrc":  # drop [mm:ss.xx] time tags and [ar:...] headers
+                import re
+
+                text = "\n".join(re.sub(r"\[[^\]]*\]", "", line).strip() for line in text.splitlines())
+            return text.strip()
+    return ""
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -255,6 +314,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", metavar="DIR", help="run directory (default: output_dir of the config)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="caption a split and score it (ROUGE-1/2/L, METEOR)",
+                       description="Generate one caption per song of a split from the stored music embeddings, score it "
+                                   "against every reference caption of the song, and write predictions.jsonl and "
+                                   "metrics.json (ROUGE recall as the paper reports it, and F1; METEOR).")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="model directory (best/ or last/ of a run)")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--manifest", help="manifest (default: the one the model was trained on)")
+    p.add_argument("--embeddings", help="embedding store (default: the one the model was trained on)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: CHECKPOINT/eval-SPLIT)")
+    p.add_argument("--num-beams", type=int, metavar="N", help="beam size (default: the run's generation config, 4)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="longest caption in tokens (default: the run's)")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N songs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("caption", help="caption audio files (with lyrics, or instrumental)",
+                       description="Caption songs: decode each file, embed it with the music encoder the model was "
+                                   "trained with, and generate. Lyrics come from --lyrics, else from a .txt or .lrc "
+                                   "file next to the audio, else the song is treated as instrumental.")
+    p.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files")
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory (best/ of a training run)")
+    p.add_argument("--lyrics", metavar="FILE|TEXT", help="lyrics for every file given: a text file or the text itself")
+    p.add_argument("--jsonl", metavar="FILE", help='write {"file", "lyrics", "caption"} lines to FILE instead of printing')
+    _device_arg(p)
+    p.set_defaults(func=cmd_caption)
 
     data = sub.add_parser("data", help="manifests and corpora: validate, make-demo",
                           description="Work with manifests and corpora.").add_subparsers(dest="data_command", metavar="COMMAND", required=True)

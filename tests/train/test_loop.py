@@ -6,24 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from alcap.config import apply_override, load_config
-from alcap.data.demo import make_demo_corpus
-from alcap.data.embed import embed_songs
-from alcap.audio.decode import Excerpt
-from alcap.audio.extractor import CNNSAExtractor
 from alcap.model.captioner import AlcapModel
 from alcap.train.loop import step_lr_factor, train
-
-
-@pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    make_demo_corpus(root / "corpus", n_songs=12, seed=5, min_seconds=2.0, max_seconds=2.5, workers=1, progress=False)
-    from alcap.data.manifest import read_manifest
-
-    songs = read_manifest(root / "corpus" / "manifest.jsonl").songs()
-    embed_songs(songs, CNNSAExtractor.random_init(0, device="cpu"), root / "store", excerpt=Excerpt(seconds=2.0),
-                workers=0, progress=False)
-    return root
 
 
 def tiny_config(root, out, **sets):

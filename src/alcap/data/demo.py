@@ -479,3 +479,12 @@ def caption_attributes(caption: str) -> dict[str, str]:
                 found[attribute] = value
                 break
     return found
+
+
+def caption_theme(caption: str) -> str | None:
+    """The lyric theme a caption states, by the demo's theme phrases, or None."""
+    text = caption.lower()
+    for theme in THEMES:
+        if any(p.lower() in text for p in _THEME_ABOUT[theme] + _THEME_READING[theme]):
+            return theme
+    return None

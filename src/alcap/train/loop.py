@@ -31,6 +31,7 @@ from ..data.dataset import CaptionCollator, CaptionDataset
 from ..data.manifest import read_manifest
 from ..data.store import EmbeddingStore
 from ..model.backbone import load_backbone
+from ..inference import extractor_from_store_meta, save_music_encoder
 from ..model.captioner import AlcapModel, info_nce_bound
 
 logger = logging.getLogger("alcap.train")
@@ -116,6 +117,8 @@ def train(config: RunConfig, progress: bool = True) -> dict:
         if accelerator.is_main_process:
             tokenizer.save_pretrained(tokenizer_dir)
     model = AlcapModel(config.model.alcap, bart)
+    # The music encoder behind the store travels with every exported model (see inference.py).
+    encoder = extractor_from_store_meta(store.meta) if store is not None else None
 
     collate = CaptionCollator(tokenizer, config.data.max_lyrics_tokens, config.data.max_caption_tokens)
     # Loaders get generators of their own: starting an iterator must not draw from the global
@@ -182,12 +185,12 @@ def train(config: RunConfig, progress: bool = True) -> dict:
             record = {"epoch": state.epoch, "step": state.global_step, **metrics}
             log.write(record)
             state.history.append(record)
-            stop = _select(accelerator, model, tokenizer, config, out, state, metrics) or stop
+            stop = _select(accelerator, model, tokenizer, config, out, state, metrics, store, encoder) or stop
         _save_state(accelerator, out, state, tc.keep_last_states)
     bar.close()
-    _export(accelerator, model, tokenizer, config, out / "last")
+    _export(accelerator, model, tokenizer, config, out / "last", store, encoder)
     if state.best_value is None:  # no validation rows: the last model is the best we know
-        _export(accelerator, model, tokenizer, config, out / "best")
+        _export(accelerator, model, tokenizer, config, out / "best", store, encoder)
     accelerator.wait_for_everyone()
     return {"output_dir": str(out), "global_step": state.global_step, "epochs": state.epoch,
             "best": {tc.select_metric: state.best_value}, "seconds": round(time.perf_counter() - started, 1),
@@ -226,7 +229,8 @@ def evaluate_losses(model, loader, accelerator) -> dict:
     return {f"val/{k}": v / max(count, 1) for k, v in sums.items()}
 
 
-def _select(accelerator, model, tokenizer, config: RunConfig, out: Path, state: TrainerState, metrics: dict) -> bool:
+def _select(accelerator, model, tokenizer, config: RunConfig, out: Path, state: TrainerState, metrics: dict,
+            store, encoder) -> bool:
     """Export best/ on improvement; True when early stopping says stop."""
     tc = config.train
     value = metrics.get(tc.select_metric)
@@ -235,13 +239,13 @@ def _select(accelerator, model, tokenizer, config: RunConfig, out: Path, state: 
     better = state.best_value is None or (value < state.best_value if tc.select_mode == "min" else value > state.best_value)
     if better:
         state.best_value, state.evals_without_improvement = value, 0
-        _export(accelerator, model, tokenizer, config, out / "best")
+        _export(accelerator, model, tokenizer, config, out / "best", store, encoder)
     else:
         state.evals_without_improvement += 1
     return bool(tc.early_stop_patience and state.evals_without_improvement >= tc.early_stop_patience)
 
 
-def _export(accelerator, model, tokenizer, config: RunConfig, directory: Path) -> None:
+def _export(accelerator, model, tokenizer, config: RunConfig, directory: Path, store=None, encoder=None) -> None:
     """A model directory users load with `from_pretrained`, written atomically (tmp + rename)."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
@@ -251,6 +255,8 @@ def _export(accelerator, model, tokenizer, config: RunConfig, directory: Path) -
     accelerator.unwrap_model(model).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     save_config(config, tmp / "run_config.yaml")
+    if encoder is not None:
+        save_music_encoder(encoder, store.meta["excerpt"], tmp)
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)
 

@@ -1,0 +1,70 @@
+"""`alcap evaluate`: caption a split from stored embeddings, score against all references."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from .config import GenerationConfig, RunConfig, from_dict
+from .data.manifest import read_manifest
+from .data.store import EmbeddingStore
+from .inference import Captioner
+from .metrics.captioning import caption_metrics
+
+PREDICTIONS_FILE, METRICS_FILE = "predictions.jsonl", "metrics.json"
+ATTRIBUTES = ("instrument", "tempo", "mode", "energy", "drums", "theme")
+
+
+def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | None = None, embeddings: str | None = None,
+                   out_dir: str | Path | None = None, generation: GenerationConfig | None = None,
+                   limit: int | None = None, progress: bool = True) -> dict:
+    """One prediction per song of `split`, scored against every caption of that song."""
+    model_dir = Path(model_dir)
+    run = from_dict(RunConfig, yaml.safe_load((model_dir / "run_config.yaml").read_text()))
+    captioner = Captioner.from_pretrained(model_dir, generation=generation or run.generation)
+    rows = read_manifest(manifest or run.data.manifest).split(split)
+    if not rows:
+        raise ValueError(f"no rows in split {split!r} of {manifest or run.data.manifest}")
+    songs: dict[str, dict] = {}
+    for row in rows:
+        song = songs.setdefault(row.song_id, {"song_id": row.song_id, "lyrics": row.lyrics, "references": [],
+                                              "attributes": {k: row.extra[k] for k in ATTRIBUTES if k in row.extra}})
+        if row.caption:
+            song["references"].append(row.caption)
+    items = [s for s in songs.values() if s["references"]][:limit]
+    music = None
+    if captioner.uses_music:
+        store = EmbeddingStore.open(embeddings or run.data.embeddings)
+        music = [store.get(s["song_id"]) for s in items]
+    predictions = captioner.caption_embeddings([s["lyrics"] for s in items], music, progress=progress)
+    metrics = caption_metrics(predictions, [s["references"] for s in items])
+    metrics.update({"split": split, "songs": len(items), "model": str(model_dir),
+                    "generation": captioner.generation.kwargs()})
+    accuracy = attribute_accuracy(items, predictions)
+    if accuracy:
+        metrics["attribute_accuracy"] = accuracy
+    out = Path(out_dir or model_dir / f"eval-{split}")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / PREDICTIONS_FILE, "w", encoding="utf-8") as f:
+        for item, pred in zip(items, predictions):
+            f.write(json.dumps({"song_id": item["song_id"], "lyrics": item["lyrics"], "references": item["references"],
+                                "prediction": pred}, ensure_ascii=False) + "\n")
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics["output_dir"] = str(out)
+    return metrics
+
+
+def attribute_accuracy(items: list[dict], predictions: list[str]) -> dict:
+    """Share of songs whose caption states the true value of each audio attribute (demo corpus)."""
+    from .data.demo import caption_attributes, caption_theme
+
+    if not items or not items[0]["attributes"]:
+        return {}
+    stated = [{**caption_attributes(p), "theme": caption_theme(p)} for p in predictions]
+    out = {}
+    for name in ATTRIBUTES:
+        if name in items[0]["attributes"]:
+            out[name] = sum(s.get(name) == it["attributes"][name] for s, it in zip(stated, items)) / len(items)
+    return out

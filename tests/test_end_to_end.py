@@ -1,0 +1,41 @@
+"""A tiny train -> evaluate -> caption run, through the CLI as a user would do it."""
+
+import json
+
+from alcap.cli import main
+from alcap.inference import Captioner
+
+
+def test_train_evaluate_caption(tiny_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = [f"data.manifest={tiny_corpus / 'corpus' / 'manifest.jsonl'}", f"data.embeddings={tiny_corpus / 'store'}",
+            "model.backbone=tiny", "model.tokenizer_vocab_size=400", "model.alcap.fusion_layers=[1, 2]",
+            "train.epochs=2", "train.batch_size=8", "train.optimizer=adamw", "train.lr=1e-3",
+            "generation.max_new_tokens=16", "generation.num_beams=2"]
+    assert main(["train", "configs/demo-alcap.yaml", "--output-dir", str(run), "--quiet",
+                 *[a for s in sets for a in ("--set", s)]]) == 0
+    assert "run directory" in capsys.readouterr().out
+    assert (run / "best" / "music_encoder" / "model.safetensors").exists()
+
+    assert main(["evaluate", str(run / "best"), "--split", "test", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "rouge1_recall" in out and "attributes stated correctly" in out
+    metrics = json.loads((run / "best" / "eval-test" / "metrics.json").read_text())
+    for key in ("rouge1_recall", "rouge2_recall", "rougeL_recall", "rouge1_f1", "rouge2_f1", "rougeL_f1"):
+        assert 0 <= metrics[key] <= 1
+    assert metrics["meteor"] is None or 0 <= metrics["meteor"] <= 1
+    assert metrics["generation"]["num_beams"] == 2 and metrics["songs"] > 0
+    rows = [json.loads(line) for line in (run / "best" / "eval-test" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == metrics["songs"] and all(r["references"] and isinstance(r["prediction"], str) for r in rows)
+
+    manifest = [json.loads(line) for line in (tiny_corpus / "corpus" / "manifest.jsonl").read_text().splitlines()]
+    audio = tiny_corpus / "corpus" / manifest[0]["audio"]
+    (audio.with_suffix(".lrc")).write_text("[00:01.00]I miss the porch\n[00:03.00]where grandma used to sit\n")
+    out_file = tmp_path / "captions.jsonl"
+    assert main(["caption", str(audio), "--model", str(run / "best"), "--jsonl", str(out_file), "--device", "cpu"]) == 0
+    line = json.loads(out_file.read_text())
+    assert line["lyrics"] == "I miss the porch\nwhere grandma used to sit" and isinstance(line["caption"], str)
+
+    # The Python API gives the same caption; audio goes through the encoder the model was trained with.
+    captioner = Captioner.from_pretrained(run / "best", device="cpu")
+    assert captioner.caption(audio, lyrics=line["lyrics"]) == line["caption"]
