@@ -39,3 +39,10 @@ def test_train_evaluate_caption(tiny_corpus, tmp_path, capsys):
     # The Python API gives the same caption; audio goes through the encoder the model was trained with.
     captioner = Captioner.from_pretrained(run / "best", device="cpu")
     assert captioner.caption(audio, lyrics=line["lyrics"]) == line["caption"]
+
+    assert main(["report", str(tmp_path), "--captions", str(out_file)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| run |" in report and "R-1" in report and "Sample captions" in report and line["caption"] in report
+    png = (tmp_path / "loss_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"run"}

@@ -257,6 +257,14 @@ def _lyrics_for(audio: Path, given: str | None) -> str:
     return ""
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.runs_dir, split=args.split, samples=args.samples, captions_file=args.captions, title=args.title)
+    print(f"report: {path} (with metrics.json and loss_curves.png beside it)")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -340,6 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jsonl", metavar="FILE", help='write {"file", "lyrics", "caption"} lines to FILE instead of printing')
     _device_arg(p)
     p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("report", help="compare the evaluated runs of a folder on one Markdown page",
+                       description="Read every run folder under RUNS_DIR that has best/eval-SPLIT/metrics.json and write "
+                                   "report.md (metrics table, attribute accuracy on the demo corpus, sample captions), "
+                                   "metrics.json and loss_curves.png into RUNS_DIR.")
+    p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder holding run folders")
+    p.add_argument("--split", default="test", help="evaluated split to report (default: test)")
+    p.add_argument("--samples", type=int, default=4, metavar="N", help="songs to show sample captions for (default: 4)")
+    p.add_argument("--captions", metavar="FILE", help="JSONL from `alcap caption --jsonl` to include")
+    p.add_argument("--title", default="alcap report", help="page title")
+    p.set_defaults(func=cmd_report)
 
     data = sub.add_parser("data", help="manifests and corpora: validate, make-demo",
                           description="Work with manifests and corpora.").add_subparsers(dest="data_command", metavar="COMMAND", required=True)

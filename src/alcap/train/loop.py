@@ -35,6 +35,9 @@ from ..inference import extractor_from_store_meta, save_music_encoder
 from ..model.captioner import AlcapModel, info_nce_bound
 
 logger = logging.getLogger("alcap.train")
+# Accelerate warns at every save_state that BART's tied embeddings are stored once; the resume
+# test shows they reload tied, so the warning is noise here.
+logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 LOSS_KEYS = ("loss", "caption_loss", "contrast_loss")
 
 

@@ -1,0 +1,93 @@
+"""`alcap report RUNS_DIR`: one Markdown page comparing the runs in a folder.
+
+Reads only files the other commands wrote: each run's log.jsonl (loss curves) and
+best/eval-<split>/{metrics.json, predictions.jsonl}; writes report.md, metrics.json and
+loss_curves.png next to them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METRIC_COLUMNS = (("rouge1_recall", "R-1"), ("rouge2_recall", "R-2"), ("rougeL_recall", "R-L"), ("meteor", "METEOR"),
+                  ("rouge1_f1", "R-1 F1"), ("rouge2_f1", "R-2 F1"), ("rougeL_f1", "R-L F1"))
+
+
+def find_runs(runs_dir: Path, split: str) -> dict[str, Path]:
+    """Run folders (in name order) that have an evaluation of `split`."""
+    return {p.name: p for p in sorted(runs_dir.iterdir())
+            if p.is_dir() and (p / "best" / f"eval-{split}" / "metrics.json").exists()}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_losses(runs: dict[str, Path], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, run in runs.items():
+        log = read_jsonl(run / "log.jsonl")
+        steps = [r for r in log if "train/caption_loss" in r]
+        line, = axes[0].plot([r["step"] for r in steps], [r["train/caption_loss"] for r in steps], label=f"{name} train", lw=1)
+        evals = [r for r in log if "val/caption_loss" in r]
+        axes[0].plot([r["step"] for r in evals], [r["val/caption_loss"] for r in evals], "o--", color=line.get_color(),
+                     label=f"{name} val", ms=3)
+        contrast = [r for r in steps if "train/contrast_loss" in r]
+        if contrast:
+            axes[1].plot([r["step"] for r in contrast], [r["train/contrast_loss"] for r in contrast], label=name, lw=1)
+    axes[0].set(title="caption loss (cross-entropy)", xlabel="optimiser step", ylabel="loss")
+    axes[1].set(title="contrastive loss (InfoNCE; alpha = 0 logs it untrained)", xlabel="optimiser step", ylabel="loss")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def write_report(runs_dir: str | Path, split: str = "test", samples: int = 4, captions_file: str | Path | None = None,
+                 title: str = "alcap report") -> Path:
+    runs_dir = Path(runs_dir)
+    runs = find_runs(runs_dir, split)
+    if not runs:
+        raise ValueError(f"{runs_dir}: no run folder with best/eval-{split}/metrics.json; run `alcap evaluate` first")
+    metrics = {name: json.loads((run / "best" / f"eval-{split}" / "metrics.json").read_text()) for name, run in runs.items()}
+    predictions = {name: read_jsonl(run / "best" / f"eval-{split}" / "predictions.jsonl") for name, run in runs.items()}
+    plot_losses(runs, runs_dir / "loss_curves.png")
+    (runs_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    first = next(iter(metrics.values()))
+    lines = [f"# {title}", "", f"Split `{split}`: {first['songs']} songs, one caption per song, scored against all of "
+             f"its references. Decoding: `{json.dumps(first['generation'])}`. ROUGE columns are recall (as the paper "
+             "reports), F1 beside.", "", "| model | " + " | ".join(h for _, h in METRIC_COLUMNS) + " |",
+             "|---" * (len(METRIC_COLUMNS) + 1) + "|"]
+    for name, m in metrics.items():
+        cells = [f"{m[k]:.4f}" if m.get(k) is not None else "n/a" for k, _ in METRIC_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any(m.get("meteor") is None for m in metrics.values()):
+        lines += ["", f"METEOR unavailable: {next(m['meteor_unavailable'] for m in metrics.values() if m.get('meteor') is None)}"]
+    if all("attribute_accuracy" in m for m in metrics.values()):
+        attrs = list(first["attribute_accuracy"])
+        lines += ["", "How often the caption states the song's true attribute (share of songs):", "",
+                  "| model | " + " | ".join(attrs) + " |", "|---" * (len(attrs) + 1) + "|"]
+        for name, m in metrics.items():
+            lines.append(f"| {name} | " + " | ".join(f"{m['attribute_accuracy'][a]:.0%}" for a in attrs) + " |")
+    lines += ["", "![loss curves](loss_curves.png)", "", "## Sample captions", ""]
+    names = list(predictions)
+    for i in range(min(samples, len(predictions[names[0]]))):
+        row = predictions[names[0]][i]
+        lines += [f"**{row['song_id']}** — reference: {row['references'][0]}", ""]
+        lines += [f"- {name}: {predictions[name][i]['prediction']}" for name in names] + [""]
+    if captions_file and Path(captions_file).exists():
+        lines += ["## Held-out songs captioned from their audio files (`alcap caption`)", ""]
+        lines += [f"- `{Path(r['file']).name}`: {r['caption']}" for r in read_jsonl(Path(captions_file))]
+    report = runs_dir / "report.md"
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return report
