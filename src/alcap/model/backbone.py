@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, BartForConditionalGeneration, PreTrained
 
 from .captioner import bart_config
 
-PRESETS = ("tiny", "bart-base")
+PRESETS = ("tiny", "small", "bart-base")
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 

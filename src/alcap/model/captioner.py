@@ -180,11 +180,14 @@ class AlcapModel(nn.Module):
 
 
 def bart_config(preset: str, vocab_size: int, **overrides) -> BartConfig:
-    """Random-init backbones: `bart-base` (the paper's dimensions) and `tiny` (tests, demo)."""
+    """Random-init backbones: `bart-base` (the paper's dimensions), `small` (demo) and `tiny` (tests)."""
     presets = {
         "bart-base": dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
                           decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
                           max_position_embeddings=1024),
+        "small": dict(d_model=128, encoder_layers=3, decoder_layers=2, encoder_attention_heads=4,
+                      decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512,
+                      max_position_embeddings=520),
         "tiny": dict(d_model=64, encoder_layers=3, decoder_layers=2, encoder_attention_heads=4,
                      decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
                      max_position_embeddings=520),

@@ -30,7 +30,7 @@ from ..config import RunConfig, save_config
 from ..data.dataset import CaptionCollator, CaptionDataset
 from ..data.manifest import read_manifest
 from ..data.store import EmbeddingStore
-from ..model.backbone import load_backbone
+from ..model.backbone import PRESETS, load_backbone
 from ..inference import extractor_from_store_meta, save_music_encoder
 from ..model.captioner import AlcapModel, info_nce_bound
 
@@ -106,7 +106,7 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     train_set, val_set = CaptionDataset(train_rows, store), CaptionDataset(val_rows, store)
 
     tokenizer_dir = out / "tokenizer"
-    if config.model.backbone in ("tiny", "bart-base") and tokenizer_dir.exists():
+    if config.model.backbone in PRESETS and tokenizer_dir.exists():
         # Resuming a preset run: the tokenizer trained at the start must be reused, not retrained.
         from transformers import AutoTokenizer, BartForConditionalGeneration
 
