@@ -110,3 +110,17 @@ def test_generation_batched_equals_one_at_a_time():
 def test_bad_configuration_is_explained():
     with pytest.raises(ValueError, match="fusion_layers \\[5\\] must be"):
         tiny_model(fusion_layers=[5])
+
+
+def test_music_standardisation_uses_saved_statistics(tmp_path):
+    model = tiny_model(music_standardize=True)
+    ids, mask, labels, music = batch()
+    mean, std = torch.full((256,), 0.5), torch.full((256,), 2.0)
+    model.set_music_statistics(mean, std)
+    plain = tiny_model(music_standardize=False)
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(ids, mask, labels, music=music).logits,
+                               plain(ids, mask, labels, music=(music - 0.5) / 2.0).logits)
+    model.save_pretrained(tmp_path)
+    again = AlcapModel.from_pretrained(tmp_path)
+    assert torch.equal(again.music_mean, mean) and torch.equal(again.music_std, std)

@@ -75,3 +75,17 @@ def test_overrides_are_typed_and_checked():
         apply_override(config, "train.lrr=1")
     with pytest.raises(ValueError, match="no section 'trian'"):
         apply_override(config, "trian.lr=1")
+
+
+def test_music_statistics_match_numpy(tiny_corpus):
+    import numpy as np
+
+    from alcap.data.store import EmbeddingStore
+    from alcap.train.loop import music_statistics
+
+    store = EmbeddingStore.open(tiny_corpus / "store")
+    songs = set(store.song_ids[:5])
+    rows = np.concatenate([store.get(s, dtype=np.float64) for s in sorted(songs)])
+    mean, std = music_statistics(store, songs)
+    np.testing.assert_allclose(mean.numpy(), rows.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std.numpy(), rows.std(0), rtol=1e-4, atol=1e-6)

@@ -31,6 +31,10 @@ class AlcapConfig:
 
     use_music: bool = True  # False: the lyrics-only BART baseline
     music_dim: int = 256
+    # Standardise h_m per feature with statistics of the training songs (kept as buffers).
+    # Off in the original. A random-init encoder's outputs share a large common offset (mean
+    # cosine 0.94 between demo songs), which leaves un-projected z_m nearly identical.
+    music_standardize: bool = False
     fusion_layers: list[int] = field(default_factory=lambda: [4, 5])  # fuse after these encoder layers (0-based)
     fusion_shared: bool = True  # one fusion block reused at every fusion layer
     fusion_heads: int = 1
@@ -89,6 +93,20 @@ class AlcapModel(nn.Module):
                 for _ in range(n_blocks)
             ])
             self.alignment = AlignmentHead(d_model, config.music_dim)
+            self.register_buffer("music_mean", torch.zeros(config.music_dim))
+            self.register_buffer("music_std", torch.ones(config.music_dim))
+
+    def set_music_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.music_mean.copy_(mean)
+        self.music_std.copy_(std.clamp(min=1e-6))
+
+    def _prepare_music(self, music):
+        if music is None or not self.config.use_music:
+            return music
+        music = music.to(self.music_mean.dtype)
+        if self.config.music_standardize:
+            music = (music - self.music_mean) / self.music_std
+        return music
 
     # ------------------------------------------------------------------ encoder
 
@@ -123,6 +141,7 @@ class AlcapModel(nn.Module):
     def forward(self, input_ids, attention_mask, labels=None, music=None, music_mask=None, song_ids=None,
                 decoder_input_ids=None, return_attention: bool = False) -> AlcapOutput:
         """labels: (B, L_c) caption ids with -100 at padding; song_ids mark rows of one song."""
+        music = self._prepare_music(music)
         encoded = self.encode(input_ids, attention_mask, music, music_mask, need_weights=return_attention)
         out = self.bart(
             attention_mask=attention_mask, encoder_outputs=BaseModelOutput(last_hidden_state=encoded.states),
@@ -147,6 +166,7 @@ class AlcapModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, music=None, music_mask=None, **generation_kwargs) -> torch.Tensor:
         """Caption ids through HF `generate()` (greedy, beam, sampling, ... by its kwargs)."""
+        music = self._prepare_music(music)
         encoded = self.encode(input_ids, attention_mask, music, music_mask)
         return self.bart.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=encoded.states), attention_mask=attention_mask,

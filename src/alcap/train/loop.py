@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
@@ -120,6 +121,8 @@ def train(config: RunConfig, progress: bool = True) -> dict:
         if accelerator.is_main_process:
             tokenizer.save_pretrained(tokenizer_dir)
     model = AlcapModel(config.model.alcap, bart)
+    if use_music and config.model.alcap.music_standardize:
+        model.set_music_statistics(*music_statistics(store, {r.song_id for r in train_set.rows}))
     # The music encoder behind the store travels with every exported model (see inference.py).
     encoder = extractor_from_store_meta(store.meta) if store is not None else None
 
@@ -198,6 +201,20 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     return {"output_dir": str(out), "global_step": state.global_step, "epochs": state.epoch,
             "best": {tc.select_metric: state.best_value}, "seconds": round(time.perf_counter() - started, 1),
             "history": state.history}
+
+
+def music_statistics(store: EmbeddingStore, song_ids: set[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and std of h_m over every time step of the given songs (float64 sums)."""
+    total = sq = None
+    count = 0
+    for song_id in sorted(song_ids):
+        x = store.get(song_id, dtype=np.float64)
+        total = x.sum(0) if total is None else total + x.sum(0)
+        sq = (x**2).sum(0) if sq is None else sq + (x**2).sum(0)
+        count += len(x)
+    mean = total / count
+    std = np.sqrt(np.maximum(sq / count - mean**2, 0.0))
+    return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
 
 def _log_train(log: RunLog, window: dict, state: TrainerState, scheduler, batch_size: int, bar) -> None:
