@@ -64,6 +64,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_step_epochs: int = 10  # StepLR: multiply the LR by lr_gamma every lr_step_epochs epochs
     lr_gamma: float = 0.1
+    warmup_steps: int = 0  # linear LR warm-up (the original had none)
     max_grad_norm: float | None = None
     eval_every_epochs: int = 1
     select_metric: str = "val/loss"  # the checkpoint with the best value of this is kept as best/

@@ -65,6 +65,7 @@ def test_lyrics_only_baseline_trains_without_a_store(tiny_corpus, tmp_path):
 
 def test_step_lr_is_a_pure_function_of_the_step():
     assert [step_lr_factor(s, 10, 2, 0.1) for s in (0, 19, 20, 39, 40)] == [1.0, 1.0, 0.1, 0.1, pytest.approx(0.01)]
+    assert [step_lr_factor(s, 10, 2, 0.1, warmup_steps=4) for s in (0, 1, 3, 25)] == [0.25, 0.5, 1.0, 0.1]
 
 
 def test_overrides_are_typed_and_checked():

@@ -54,9 +54,11 @@ class TrainerState:
     history: list = field(default_factory=list)
 
 
-def step_lr_factor(step: int, steps_per_epoch: int, step_epochs: int, gamma: float) -> float:
-    """StepLR as a pure function of the optimiser step: gamma ** (epoch // step_epochs)."""
-    return gamma ** ((step // max(1, steps_per_epoch)) // max(1, step_epochs))
+def step_lr_factor(step: int, steps_per_epoch: int, step_epochs: int, gamma: float, warmup_steps: int = 0) -> float:
+    """StepLR as a pure function of the optimiser step, gamma ** (epoch // step_epochs), after an
+    optional linear warm-up over the first `warmup_steps` steps."""
+    warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    return warmup * gamma ** ((step // max(1, steps_per_epoch)) // max(1, step_epochs))
 
 
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
@@ -136,7 +138,7 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     optimizer = build_optimizer(model, tc)
     steps_per_epoch = math.ceil(len(train_loader) / tc.grad_accum_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: step_lr_factor(step, steps_per_epoch, tc.lr_step_epochs, tc.lr_gamma))
+        optimizer, lambda step: step_lr_factor(step, steps_per_epoch, tc.lr_step_epochs, tc.lr_gamma, tc.warmup_steps))
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
 
