@@ -90,3 +90,13 @@ def test_music_statistics_match_numpy(tiny_corpus):
     mean, std = music_statistics(store, songs)
     np.testing.assert_allclose(mean.numpy(), rows.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(std.numpy(), rows.std(0), rtol=1e-4, atol=1e-6)
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        config = load_config(path)
+        assert config.model.backbone and config.data.manifest, path
