@@ -56,6 +56,12 @@ def test_resume_after_a_kill_gives_the_same_model(tiny_corpus, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+def test_a_changed_config_does_not_resume_an_old_run(tiny_corpus, tmp_path):
+    train(tiny_config(tiny_corpus, tmp_path / "r", **{"train.max_steps": 1}), progress=False)
+    with pytest.raises(ValueError, match=r"another configuration \(model.alcap.alpha: 0.02 -> 0.5\)"):
+        train(tiny_config(tiny_corpus, tmp_path / "r", **{"model.alcap.alpha": 0.5}), progress=False)
+
+
 def test_lyrics_only_baseline_trains_without_a_store(tiny_corpus, tmp_path):
     config = tiny_config(tiny_corpus, tmp_path / "bart", **{"model.alcap.use_music": "false", "data.embeddings": "null"})
     summary = train(config, progress=False)

@@ -94,6 +94,8 @@ def train(config: RunConfig, progress: bool = True) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=tc.seed),
     )
     set_seed(tc.seed)
+    if (out / "states" / "latest").exists():
+        _check_same_run(out, config)  # before config.yaml is rewritten
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
@@ -203,6 +205,30 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     return {"output_dir": str(out), "global_step": state.global_step, "epochs": state.epoch,
             "best": {tc.select_metric: state.best_value}, "seconds": round(time.perf_counter() - started, 1),
             "history": state.history}
+
+
+RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.early_stop_patience", "generation")
+
+
+def _check_same_run(out: Path, config: RunConfig) -> None:
+    """Resuming is only for the same experiment; a changed config must not silently continue an old run."""
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+
+    def flat(d, prefix=""):
+        items = {}
+        for k, v in d.items():
+            items.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return items
+
+    old, new = flat(saved), flat(config.to_dict())
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+               and k != "output_dir" and not k.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ValueError(f"{out} holds a run with another configuration ({detail}). Resume it with its own "
+                         "config, or train into another --output-dir (or delete this one).")
 
 
 def music_statistics(store: EmbeddingStore, song_ids: set[str]) -> tuple[torch.Tensor, torch.Tensor]:
