@@ -24,6 +24,11 @@ _EXPORTS = {
     "validate_manifest": "alcap.data.validate",
     "embed_songs": "alcap.data.embed",
     "make_demo_corpus": "alcap.data.demo",
+    "info_nce": "alcap.model.alignment",
+    "AlcapModel": "alcap.model.captioner",
+    "AlcapConfig": "alcap.model.captioner",
+    "Captioner": "alcap.inference",
+    "load_config": "alcap.config",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -59,3 +59,10 @@ def test_masked_mean_ignores_padding():
     z_m, z_t = head(x, torch.tensor([[1, 1, 0]]), torch.ones(1, 4, 2))
     z_m2, z_t2 = head(x[:, :2], torch.tensor([[1, 1]]), torch.ones(1, 4, 2))
     assert torch.equal(z_t, z_t2) and torch.equal(z_m, z_m2) and z_t.shape == (1, 2)
+
+
+def test_public_api():
+    import alcap
+
+    assert alcap.info_nce is info_nce
+    assert {"EmbeddingStore", "Captioner", "load_config", "AlcapModel"} <= set(alcap.__all__)
