@@ -32,8 +32,9 @@ class AlcapConfig:
     use_music: bool = True  # False: the lyrics-only BART baseline
     music_dim: int = 256
     # Standardise h_m per feature with statistics of the training songs (kept as buffers).
-    # Off in the original. A random-init encoder's outputs share a large common offset (mean
-    # cosine 0.94 between demo songs), which leaves un-projected z_m nearly identical.
+    # Off in the original. It helps InfoNCE when the encoder's outputs share a large offset
+    # (random-init CNNSA: mean cosine 0.94 between songs), but unit-variance music also makes
+    # the fusion residual swamp the lyric states (demo: theme stated right 98% -> 42%).
     music_standardize: bool = False
     fusion_layers: list[int] = field(default_factory=lambda: [4, 5])  # fuse after these encoder layers (0-based)
     fusion_shared: bool = True  # one fusion block reused at every fusion layer

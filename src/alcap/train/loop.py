@@ -186,8 +186,6 @@ def train(config: RunConfig, progress: bool = True) -> dict:
                 if tc.max_steps and state.global_step >= tc.max_steps:
                     stop = True
                     break
-        if window:
-            _log_train(log, window, state, scheduler, tc.batch_size, bar)
         if state.batches_done >= len(train_loader):
             state.epoch, state.batches_done = state.epoch + 1, 0
         if stop or state.epoch % tc.eval_every_epochs == 0 or state.epoch == tc.epochs:
@@ -198,6 +196,8 @@ def train(config: RunConfig, progress: bool = True) -> dict:
             stop = _select(accelerator, model, tokenizer, config, out, state, metrics, store, encoder) or stop
         _save_state(accelerator, out, state, tc.keep_last_states)
     bar.close()
+    if window:  # steps since the last log line
+        _log_train(log, window, state, scheduler, tc.batch_size, bar)
     _export(accelerator, model, tokenizer, config, out / "last", store, encoder)
     if state.best_value is None:  # no validation rows: the last model is the best we know
         _export(accelerator, model, tokenizer, config, out / "best", store, encoder)
