@@ -39,6 +39,10 @@ def test_train_evaluate_caption(tiny_corpus, tmp_path, capsys):
     # The Python API gives the same caption; audio goes through the encoder the model was trained with.
     captioner = Captioner.from_pretrained(run / "best", device="cpu")
     assert captioner.caption(audio, lyrics=line["lyrics"]) == line["caption"]
+    # Batched encoding (one encoder call for equal-length excerpts) gives the same captions.
+    other = tiny_corpus / "corpus" / manifest[-1]["audio"]
+    assert captioner.caption_batch([audio, other], [line["lyrics"], None]) == \
+        [line["caption"], captioner.caption(other)]
 
     assert main(["report", str(tmp_path), "--captions", str(out_file)]) == 0
     report = (tmp_path / "report.md").read_text()

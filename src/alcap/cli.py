@@ -201,18 +201,9 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_model
 
-    generation = None
-    if args.num_beams is not None or args.max_new_tokens is not None:
-        import yaml
-
-        from .config import RunConfig, from_dict
-
-        run = from_dict(RunConfig, yaml.safe_load((Path(args.checkpoint) / "run_config.yaml").read_text()))
-        generation = run.generation
-        generation.num_beams = args.num_beams or generation.num_beams
-        generation.max_new_tokens = args.max_new_tokens or generation.max_new_tokens
     metrics = evaluate_model(args.checkpoint, split=args.split, manifest=args.manifest, embeddings=args.embeddings,
-                             out_dir=args.out, generation=generation, limit=args.limit, progress=not args.quiet)
+                             out_dir=args.out, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                             limit=args.limit, progress=not args.quiet)
     keys = ("rouge1_recall", "rouge2_recall", "rougeL_recall", "rouge1_f1", "rouge2_f1", "rougeL_f1", "meteor")
     print(" ".join(f"{k} {metrics[k]:.4f}" if metrics.get(k) is not None else f"{k} n/a" for k in keys))
     if metrics.get("meteor") is None:

@@ -153,5 +153,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config
 
 
+RUN_CONFIG_FILE = "run_config.yaml"  # beside every exported model
+
+
+def load_run_config(model_dir: str | Path) -> RunConfig:
+    """The configuration an exported model (best/, last/) was trained with."""
+    return load_config(Path(model_dir) / RUN_CONFIG_FILE)
+
+
 def save_config(config: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
-from .config import GenerationConfig, RunConfig, from_dict
 from .data.manifest import read_manifest
 from .data.store import EmbeddingStore
 from .inference import Captioner
@@ -18,12 +15,19 @@ ATTRIBUTES = ("instrument", "tempo", "mode", "energy", "drums", "theme")
 
 
 def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | None = None, embeddings: str | None = None,
-                   out_dir: str | Path | None = None, generation: GenerationConfig | None = None,
+                   out_dir: str | Path | None = None, num_beams: int | None = None, max_new_tokens: int | None = None,
                    limit: int | None = None, progress: bool = True) -> dict:
-    """One prediction per song of `split`, scored against every caption of that song."""
+    """One prediction per song of `split`, scored against every caption of that song.
+
+    Decoding follows the run's generation config; `num_beams`/`max_new_tokens` override it.
+    """
     model_dir = Path(model_dir)
-    run = from_dict(RunConfig, yaml.safe_load((model_dir / "run_config.yaml").read_text()))
-    captioner = Captioner.from_pretrained(model_dir, generation=generation or run.generation)
+    captioner = Captioner.from_pretrained(model_dir)
+    run = captioner.run
+    if num_beams is not None:
+        captioner.generation.num_beams = num_beams
+    if max_new_tokens is not None:
+        captioner.generation.max_new_tokens = max_new_tokens
     rows = read_manifest(manifest or run.data.manifest).split(split)
     if not rows:
         raise ValueError(f"no rows in split {split!r} of {manifest or run.data.manifest}")

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .audio.cnnsa import CNNSA, load_cnnsa, load_state_dict_strict, random_cnnsa, state_dict_sha256
 from .audio.decode import Excerpt, load_audio
 from .audio.extractor import CNNSAExtractor, resolve_device
-from .config import GenerationConfig, RunConfig, from_dict
+from .config import GenerationConfig, RunConfig, load_run_config
 from .data.dataset import pad_music
 from .model.captioner import AlcapModel
 
@@ -66,26 +66,26 @@ class Captioner:
     """`Captioner.from_pretrained(dir).caption("song.mp3", lyrics=None)` -> caption text."""
 
     def __init__(self, model: AlcapModel, tokenizer, extractor: CNNSAExtractor | None, excerpt: Excerpt,
-                 generation: GenerationConfig, max_lyrics_tokens: int = 512, device="cpu"):
+                 run: RunConfig, generation: GenerationConfig | None = None, device="cpu"):
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.tokenizer, self.extractor, self.excerpt = tokenizer, extractor, excerpt
-        self.generation, self.max_lyrics_tokens = generation, max_lyrics_tokens
+        self.run = run  # the configuration the model was trained with
+        self.generation = generation or run.generation
+        self.max_lyrics_tokens = run.data.max_lyrics_tokens
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device="auto", generation: GenerationConfig | None = None) -> "Captioner":
-        import yaml
         from transformers import AutoTokenizer
 
         directory = Path(directory)
-        run = from_dict(RunConfig, yaml.safe_load((directory / "run_config.yaml").read_text()))
+        run = load_run_config(directory)
         device = resolve_device(device)
         model = AlcapModel.from_pretrained(directory, device=device)
         extractor, excerpt = None, Excerpt()
         if model.config.use_music:
             extractor, excerpt = load_music_encoder(directory, device)
-        return cls(model, AutoTokenizer.from_pretrained(directory), extractor, excerpt, generation or run.generation,
-                   run.data.max_lyrics_tokens, device)
+        return cls(model, AutoTokenizer.from_pretrained(directory), extractor, excerpt, run, generation, device)
 
     @property
     def uses_music(self) -> bool:
@@ -99,7 +99,12 @@ class Captioner:
         music = None
         if self.uses_music:
             waves = [load_audio(a, self.extractor.sample_rate, self.excerpt).samples for a in audios]
-            music = [self.extractor.embed(torch.from_numpy(w)[None])[0].numpy() for w in waves]
+            if len({len(w) for w in waves}) == 1:  # a fixed excerpt: one encoder call per batch
+                size = self.generation.batch_size
+                music = [m.numpy() for i in range(0, len(waves), size)
+                         for m in self.extractor.embed(torch.from_numpy(np.stack(waves[i:i + size])))]
+            else:  # whole files of different lengths
+                music = [self.extractor.embed(torch.from_numpy(w)[None])[0].numpy() for w in waves]
         return self.caption_embeddings([lyr or "" for lyr in lyrics], music, progress=progress)
 
     @torch.no_grad()

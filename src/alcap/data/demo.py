@@ -47,7 +47,7 @@ FORMATS = (  # (extension, soundfile format, subtypes, share of songs)
 )
 SAMPLE_RATES = ((16000, 0.2), (22050, 0.4), (32000, 0.2), (44100, 0.2))
 SPLIT_SHARES = (("train", 0.70), ("val", 0.15), ("test", 0.15))
-CORPUS_VERSION = 1  # bump when synthesis or captions change, so old corpora are regenerated
+CORPUS_VERSION = 2  # bump when synthesis or captions change, so old corpora are regenerated
 
 
 # ----------------------------------------------------------------------------- lyrics

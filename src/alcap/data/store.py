@@ -25,6 +25,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ..utils import nested_differences
+
 STORE_FORMAT = "alcap-embedding-store"
 STORE_VERSION = 1
 META_FILE, DATA_FILE, INDEX_FILE, FAILURES_FILE, LOCK_FILE = (
@@ -205,7 +207,7 @@ class EmbeddingWriter:
             raise StoreError(f"{root}: another process is writing to this store") from None
         if (root / META_FILE).exists():
             existing = _read_meta(root)
-            diffs = _differences({k: existing.get(k) for k in IDENTITY_FIELDS}, {k: meta.get(k) for k in IDENTITY_FIELDS})
+            diffs = nested_differences({k: existing.get(k) for k in IDENTITY_FIELDS}, {k: meta.get(k) for k in IDENTITY_FIELDS})
             if diffs:
                 writer._lock.close()
                 detail = "; ".join(f"{k}: store has {a!r}, this run has {b!r}" for k, a, b in diffs)
@@ -275,16 +277,6 @@ class EmbeddingWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _differences(a, b, prefix: str = "") -> list[tuple[str, object, object]]:
-    """Leaf-level differences between two nested dicts, as (dotted key, a, b)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [(prefix.rstrip("."), a, b)]
 
 
 def _sync(handle) -> None:

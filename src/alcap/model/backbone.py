@@ -41,15 +41,20 @@ def load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def load_backbone(backbone: str, texts: Iterable[str] | None = None, vocab_size: int = 4000):
+def load_backbone(backbone: str, texts: Iterable[str] | None = None, vocab_size: int = 4000,
+                  tokenizer_dir: str | Path | None = None):
     """(BART model, tokenizer) for a preset name, a local directory or a hub id.
 
-    Presets are random-init and get a BPE tokenizer trained on `texts`.
+    Presets are random-init and get a BPE tokenizer trained on `texts`, or the one already
+    trained and saved in `tokenizer_dir` (a resumed run must not train another).
     """
     if backbone in PRESETS:
-        if texts is None:
+        if tokenizer_dir is not None:
+            tokenizer = load_tokenizer(tokenizer_dir)
+        elif texts is None:
             raise ValueError(f"backbone preset {backbone!r} needs training texts to build its tokenizer")
-        tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size)
+        else:
+            tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size)
         return BartForConditionalGeneration(bart_config(backbone, len(tokenizer))), tokenizer
     path = Path(backbone)
     if not path.exists() and "/" not in backbone:

@@ -9,7 +9,6 @@ the first fusion layer and the fusion block can act after chosen layers. The dec
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -218,12 +217,3 @@ def bart_config(preset: str, vocab_size: int, **overrides) -> BartConfig:
     config = BartConfig(vocab_size=vocab_size, pad_token_id=1, bos_token_id=0, eos_token_id=2,
                         decoder_start_token_id=2, forced_eos_token_id=2, **{**presets[preset], **overrides})
     return config
-
-
-def num_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def info_nce_bound(contrast_loss: float, batch_size: int) -> float:
-    """The InfoNCE lower bound on the music-lyrics mutual information: log(N) - L_contrast (nats)."""
-    return math.log(batch_size) - contrast_loss

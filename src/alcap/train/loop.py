@@ -27,13 +27,14 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, save_config
+from ..config import RUN_CONFIG_FILE, RunConfig, load_config, save_config
 from ..data.dataset import CaptionCollator, CaptionDataset
 from ..data.manifest import read_manifest
 from ..data.store import EmbeddingStore
-from ..model.backbone import PRESETS, load_backbone
+from ..model.backbone import load_backbone
 from ..inference import extractor_from_store_meta, save_music_encoder
-from ..model.captioner import AlcapModel, info_nce_bound
+from ..model.captioner import AlcapModel
+from ..utils import nested_differences
 
 logger = logging.getLogger("alcap.train")
 # Accelerate warns at every save_state that BART's tied embeddings are stored once; the resume
@@ -102,28 +103,21 @@ def train(config: RunConfig, progress: bool = True) -> dict:
 
     manifest = read_manifest(config.data.manifest)
     use_music = config.model.alcap.use_music
-    store = EmbeddingStore.open(config.data.embeddings) if use_music else None
-    if use_music and store is None:
+    if use_music and not config.data.embeddings:
         raise ValueError("model.alcap.use_music is true but data.embeddings is not set")
+    store = EmbeddingStore.open(config.data.embeddings) if use_music else None
     train_rows, val_rows = manifest.split(config.data.train_split), manifest.split(config.data.val_split)
     if not train_rows:
         raise ValueError(f"{config.data.manifest}: no rows in split {config.data.train_split!r}")
     train_set, val_set = CaptionDataset(train_rows, store), CaptionDataset(val_rows, store)
 
+    # A preset's tokenizer is trained once, at the start; a resumed run reads it back.
     tokenizer_dir = out / "tokenizer"
-    if config.model.backbone in PRESETS and tokenizer_dir.exists():
-        # Resuming a preset run: the tokenizer trained at the start must be reused, not retrained.
-        from transformers import AutoTokenizer, BartForConditionalGeneration
-
-        from ..model.captioner import bart_config
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        bart = BartForConditionalGeneration(bart_config(config.model.backbone, len(tokenizer)))
-    else:
-        texts = [t for r in train_set.rows for t in (r.lyrics, r.caption) if t]
-        bart, tokenizer = load_backbone(config.model.backbone, texts, config.model.tokenizer_vocab_size)
-        if accelerator.is_main_process:
-            tokenizer.save_pretrained(tokenizer_dir)
+    texts = [t for r in train_set.rows for t in (r.lyrics, r.caption) if t]
+    bart, tokenizer = load_backbone(config.model.backbone, texts, config.model.tokenizer_vocab_size,
+                                    tokenizer_dir=tokenizer_dir if tokenizer_dir.exists() else None)
+    if accelerator.is_main_process and not tokenizer_dir.exists():
+        tokenizer.save_pretrained(tokenizer_dir)
     model = AlcapModel(config.model.alcap, bart)
     if use_music and config.model.alcap.music_standardize:
         model.set_music_statistics(*music_statistics(store, {r.song_id for r in train_set.rows}))
@@ -177,10 +171,13 @@ def train(config: RunConfig, progress: bool = True) -> dict:
                 value = getattr(output, key)
                 if value is not None:
                     window.setdefault(key, []).append(float(value.detach()))
+            if output.contrast_loss is not None:  # InfoNCE bound on I(music; lyrics): log N - L, N this batch's rows
+                bound = math.log(batch["input_ids"].shape[0]) - float(output.contrast_loss.detach())
+                window.setdefault("info_nce_bound", []).append(bound)
             if accelerator.sync_gradients:
                 state.global_step += 1
                 if state.global_step % tc.log_every_steps == 0:
-                    _log_train(log, window, state, scheduler, batch["input_ids"].shape[0], bar)
+                    _log_train(log, window, state, scheduler, bar)
                 if tc.save_every_steps and state.global_step % tc.save_every_steps == 0:
                     _save_state(accelerator, out, state, tc.keep_last_states)
                 if tc.max_steps and state.global_step >= tc.max_steps:
@@ -197,7 +194,7 @@ def train(config: RunConfig, progress: bool = True) -> dict:
         _save_state(accelerator, out, state, tc.keep_last_states)
     bar.close()
     if window:  # steps since the last log line
-        _log_train(log, window, state, scheduler, tc.batch_size, bar)
+        _log_train(log, window, state, scheduler, bar)
     _export(accelerator, model, tokenizer, config, out / "last", store, encoder)
     if state.best_value is None:  # no validation rows: the last model is the best we know
         _export(accelerator, model, tokenizer, config, out / "best", store, encoder)
@@ -212,21 +209,11 @@ RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.early_stop_patien
 
 def _check_same_run(out: Path, config: RunConfig) -> None:
     """Resuming is only for the same experiment; a changed config must not silently continue an old run."""
-    import yaml
-
-    saved = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
-
-    def flat(d, prefix=""):
-        items = {}
-        for k, v in d.items():
-            items.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return items
-
-    old, new = flat(saved), flat(config.to_dict())
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
-               and k != "output_dir" and not k.startswith(RESUMABLE_CHANGES)]
+    saved = load_config(out / "config.yaml").to_dict()
+    changed = [(k, a, b) for k, a, b in nested_differences(saved, config.to_dict())
+               if k != "output_dir" and not k.startswith(RESUMABLE_CHANGES)]
     if changed:
-        detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed)
         raise ValueError(f"{out} holds a run with another configuration ({detail}). Resume it with its own "
                          "config, or train into another --output-dir (or delete this one).")
 
@@ -245,12 +232,10 @@ def music_statistics(store: EmbeddingStore, song_ids: set[str]) -> tuple[torch.T
     return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
 
-def _log_train(log: RunLog, window: dict, state: TrainerState, scheduler, batch_size: int, bar) -> None:
+def _log_train(log: RunLog, window: dict, state: TrainerState, scheduler, bar) -> None:
     record = {"epoch": state.epoch, "step": state.global_step, "lr": scheduler.get_last_lr()[0]}
     for key, values in window.items():
         record[f"train/{key}"] = sum(values) / len(values)
-    if "contrast_loss" in window:
-        record["train/info_nce_bound"] = info_nce_bound(record["train/contrast_loss"], batch_size)
     window.clear()
     log.write(record)
     bar.set_postfix(loss=f"{record.get('train/loss', float('nan')):.3f}")
@@ -302,7 +287,7 @@ def _export(accelerator, model, tokenizer, config: RunConfig, directory: Path, s
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.unwrap_model(model).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    save_config(config, tmp / "run_config.yaml")
+    save_config(config, tmp / RUN_CONFIG_FILE)
     if encoder is not None:
         save_music_encoder(encoder, store.meta["excerpt"], tmp)
     shutil.rmtree(directory, ignore_errors=True)
