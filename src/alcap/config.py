@@ -67,8 +67,18 @@ class TrainConfig:
     warmup_steps: int = 0  # linear LR warm-up (the original had none)
     max_grad_norm: float | None = None
     eval_every_epochs: int = 1
+    # Each evaluation also captions the validation songs (decoding as in `generation`, beams as
+    # eval_num_beams) and logs val/rouge1_recall, ..., val/meteor, selectable as select_metric.
+    eval_generate: bool = True
+    eval_generate_songs: int | None = None  # caption only the first N validation songs (None: all)
+    eval_num_beams: int | None = None  # None: generation.num_beams
     select_metric: str = "val/loss"  # the checkpoint with the best value of this is kept as best/
-    select_mode: str = "min"
+    select_mode: str = "auto"  # min, max, or auto: min for losses, max for everything else
+
+    def selects_lower(self) -> bool:
+        if self.select_mode not in ("auto", "min", "max"):
+            raise ValueError(f"train.select_mode must be auto, min or max, not {self.select_mode!r}")
+        return self.select_mode == "min" or (self.select_mode == "auto" and "loss" in self.select_metric)
     early_stop_patience: int | None = None  # evaluations without improvement before stopping
     seed: int = 2020
     mixed_precision: str = "no"  # no, bf16, fp16 (GPU)

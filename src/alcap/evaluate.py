@@ -31,24 +31,10 @@ def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | N
     rows = read_manifest(manifest or run.data.manifest).split(split)
     if not rows:
         raise ValueError(f"no rows in split {split!r} of {manifest or run.data.manifest}")
-    songs: dict[str, dict] = {}
-    for row in rows:
-        song = songs.setdefault(row.song_id, {"song_id": row.song_id, "lyrics": row.lyrics, "references": [],
-                                              "attributes": {k: row.extra[k] for k in ATTRIBUTES if k in row.extra}})
-        if row.caption:
-            song["references"].append(row.caption)
-    items = [s for s in songs.values() if s["references"]][:limit]
-    music = None
-    if captioner.uses_music:
-        store = EmbeddingStore.open(embeddings or run.data.embeddings)
-        music = [store.get(s["song_id"]) for s in items]
-    predictions = captioner.caption_embeddings([s["lyrics"] for s in items], music, progress=progress)
-    metrics = caption_metrics(predictions, [s["references"] for s in items])
-    metrics.update({"split": split, "songs": len(items), "model": str(model_dir),
-                    "generation": captioner.generation.kwargs()})
-    accuracy = attribute_accuracy(items, predictions)
-    if accuracy:
-        metrics["attribute_accuracy"] = accuracy
+    items = songs_with_references(rows)[:limit]
+    store = EmbeddingStore.open(embeddings or run.data.embeddings) if captioner.uses_music else None
+    predictions, metrics = caption_and_score(captioner, items, store, progress=progress)
+    metrics.update({"split": split, "model": str(model_dir)})
     out = Path(out_dir or model_dir / f"eval-{split}")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / PREDICTIONS_FILE, "w", encoding="utf-8") as f:
@@ -58,6 +44,30 @@ def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | N
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     metrics["output_dir"] = str(out)
     return metrics
+
+
+def songs_with_references(rows) -> list[dict]:
+    """One item per song (in manifest order) with every reference caption it has; songs without any are left out."""
+    songs: dict[str, dict] = {}
+    for row in rows:
+        song = songs.setdefault(row.song_id, {"song_id": row.song_id, "lyrics": row.lyrics, "references": [],
+                                              "attributes": {k: row.extra[k] for k in ATTRIBUTES if k in row.extra}})
+        if row.caption:
+            song["references"].append(row.caption)
+    return [s for s in songs.values() if s["references"]]
+
+
+def caption_and_score(captioner: Captioner, items: list[dict], store: EmbeddingStore | None,
+                      progress: bool = False) -> tuple[list[str], dict]:
+    """Caption `items` from the store's embeddings and score them; shared by evaluation and validation."""
+    music = [store.get(s["song_id"]) for s in items] if captioner.uses_music else None
+    predictions = captioner.caption_embeddings([s["lyrics"] for s in items], music, progress=progress)
+    metrics = caption_metrics(predictions, [s["references"] for s in items])
+    metrics.update({"songs": len(items), "generation": captioner.generation.kwargs()})
+    accuracy = attribute_accuracy(items, predictions)
+    if accuracy:
+        metrics["attribute_accuracy"] = accuracy
+    return predictions, metrics
 
 
 def attribute_accuracy(items: list[dict], predictions: list[str]) -> dict:

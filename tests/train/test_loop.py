@@ -14,7 +14,8 @@ def tiny_config(root, out, **sets):
     overrides = [f"data.manifest={root / 'corpus' / 'manifest.jsonl'}", f"data.embeddings={root / 'store'}",
                  "model.backbone=tiny", "model.tokenizer_vocab_size=400", "model.alcap.fusion_layers=[1, 2]",
                  "train.epochs=2", "train.batch_size=8", "train.optimizer=adamw", "train.lr=1e-3",
-                 "train.log_every_steps=1", "data.max_caption_tokens=48", f"output_dir={out}"]
+                 "train.log_every_steps=1", "data.max_caption_tokens=48", "generation.max_new_tokens=24",
+                 f"output_dir={out}"]
     overrides += [f"{k}={v}" for k, v in sets.items()]
     return load_config(None, overrides)
 
@@ -43,6 +44,28 @@ def test_training_writes_a_run_directory(tiny_corpus, tmp_path):
         assert {"config.json", "alcap_config.json", "model.safetensors", "run_config.yaml", "tokenizer.json"} <= files
     assert AlcapModel.from_pretrained(run / "best").config.alpha == 0.02
     assert (run / "config.yaml").exists() and (run / "states" / "latest").exists()
+
+
+def test_validation_captions_the_val_songs_and_selects_on_a_caption_metric(tiny_corpus, tmp_path):
+    config = tiny_config(tiny_corpus, tmp_path / "run", **{"train.select_metric": "val/rougeL_f1",
+                                                          "train.eval_num_beams": 1, "train.epochs": 3})
+    summary = train(config, progress=False)
+    evals = [r for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "val/loss" in r]
+    assert len(evals) == 3
+    for record in evals:
+        for key in ("rouge1_recall", "rouge2_recall", "rougeL_recall", "rouge1_f1", "rougeL_f1", "meteor",
+                    "stated_instrument", "stated_theme"):
+            assert 0.0 <= record[f"val/{key}"] <= 1.0, key
+    # Higher is better for a caption metric (auto mode): best/ holds the maximum seen.
+    assert summary["best"]["val/rougeL_f1"] == max(r["val/rougeL_f1"] for r in evals)
+    assert config.train.selects_lower() is False and tiny_config(tiny_corpus, tmp_path).train.selects_lower()
+
+
+def test_validation_generation_can_be_switched_off(tiny_corpus, tmp_path):
+    train(tiny_config(tiny_corpus, tmp_path / "run", **{"train.eval_generate": "false", "train.epochs": 1}),
+          progress=False)
+    evals = [r for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "val/loss" in r]
+    assert evals and not any(key.startswith("val/rouge") for key in evals[0])
 
 
 def test_resume_after_a_kill_gives_the_same_model(tiny_corpus, tmp_path):

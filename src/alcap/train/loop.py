@@ -11,6 +11,7 @@ Run directory layout:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -30,9 +31,11 @@ from tqdm.auto import tqdm
 from ..config import RUN_CONFIG_FILE, RunConfig, load_config, save_config
 from ..data.dataset import CaptionCollator, CaptionDataset
 from ..data.manifest import read_manifest
+from ..audio.decode import Excerpt
 from ..data.store import EmbeddingStore
+from ..evaluate import caption_and_score, songs_with_references
+from ..inference import Captioner, extractor_from_store_meta, save_music_encoder
 from ..model.backbone import load_backbone
-from ..inference import extractor_from_store_meta, save_music_encoder
 from ..model.captioner import AlcapModel
 from ..utils import nested_differences
 
@@ -187,6 +190,8 @@ def train(config: RunConfig, progress: bool = True) -> dict:
             state.epoch, state.batches_done = state.epoch + 1, 0
         if stop or state.epoch % tc.eval_every_epochs == 0 or state.epoch == tc.epochs:
             metrics = evaluate_losses(model, val_loader, accelerator) if len(val_set) else {}
+            if tc.eval_generate and len(val_set):
+                metrics.update(validation_captions(accelerator, model, tokenizer, config, val_rows, store))
             record = {"epoch": state.epoch, "step": state.global_step, **metrics}
             log.write(record)
             state.history.append(record)
@@ -262,6 +267,31 @@ def evaluate_losses(model, loader, accelerator) -> dict:
     return {f"val/{k}": v / max(count, 1) for k, v in sums.items()}
 
 
+VAL_CAPTION_KEYS = ("rouge1_recall", "rouge2_recall", "rougeL_recall", "rouge1_f1", "rouge2_f1", "rougeL_f1", "meteor")
+
+
+@torch.no_grad()
+def validation_captions(accelerator, model, tokenizer, config: RunConfig, val_rows, store) -> dict:
+    """Caption the validation songs and score them: {"val/rouge1_recall": ..., "val/meteor": ...}.
+
+    Runs on the main process (generation is short next to an epoch); the others wait.
+    """
+    metrics: dict = {}
+    if accelerator.is_main_process:
+        generation = dataclasses.replace(config.generation)
+        if config.train.eval_num_beams is not None:
+            generation.num_beams = config.train.eval_num_beams
+        captioner = Captioner(accelerator.unwrap_model(model), tokenizer, None, Excerpt(), config, generation,
+                              device=accelerator.device)
+        items = songs_with_references(val_rows)[:config.train.eval_generate_songs]
+        _, scores = caption_and_score(captioner, items, store)
+        metrics = {f"val/{k}": scores[k] for k in VAL_CAPTION_KEYS if scores.get(k) is not None}
+        metrics.update({f"val/stated_{k}": v for k, v in scores.get("attribute_accuracy", {}).items()})
+        model.train()
+    accelerator.wait_for_everyone()
+    return metrics
+
+
 def _select(accelerator, model, tokenizer, config: RunConfig, out: Path, state: TrainerState, metrics: dict,
             store, encoder) -> bool:
     """Export best/ on improvement; True when early stopping says stop."""
@@ -269,7 +299,7 @@ def _select(accelerator, model, tokenizer, config: RunConfig, out: Path, state: 
     value = metrics.get(tc.select_metric)
     if value is None:
         return False
-    better = state.best_value is None or (value < state.best_value if tc.select_mode == "min" else value > state.best_value)
+    better = state.best_value is None or (value < state.best_value if tc.selects_lower() else value > state.best_value)
     if better:
         state.best_value, state.evals_without_improvement = value, 0
         _export(accelerator, model, tokenizer, config, out / "best", store, encoder)
