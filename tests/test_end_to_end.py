@@ -2,6 +2,9 @@
 
 import json
 
+import numpy as np
+import pytest
+
 from alcap.cli import main
 from alcap.inference import Captioner
 
@@ -27,6 +30,20 @@ def test_train_evaluate_caption(tiny_corpus, tmp_path, capsys):
     assert metrics["generation"]["num_beams"] == 2 and metrics["songs"] > 0
     rows = [json.loads(line) for line in (run / "best" / "eval-test" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == metrics["songs"] and all(r["references"] and isinstance(r["prediction"], str) for r in rows)
+    # Retrieval metrics equal a direct computation on the saved query and caption embeddings.
+    saved = np.load(run / "best" / "eval-test" / "retrieval.npz")
+    assert list(saved["song_ids"]) == [r["song_id"] for r in rows]
+    assert all(any(str(q) in ref for ref in r["references"]) for q, r in zip(saved["queries"], rows))
+    q, c = saved["query_embeddings"], saved["caption_embeddings"]
+    sim = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (c / np.linalg.norm(c, axis=1, keepdims=True)).T
+    own = np.diag(sim)[:, None]
+    better, tied = (sim > own + 1e-6).sum(1), (np.abs(sim - own) <= 1e-6).sum(1) - 1
+    for k in (1, 5, 10):
+        direct = np.clip((k - better) / (tied + 1), 0, 1).mean()
+        assert metrics["retrieval"][f"recall@{k}"] == pytest.approx(direct, abs=1e-6)
+        assert metrics["retrieval"][f"precision@{k}"] == pytest.approx(direct / k, abs=1e-6)
+        assert 0 <= metrics["retrieval"][f"precision@{k}"] <= metrics["retrieval"][f"recall@{k}"] <= 1
+    assert "all-MiniLM-L6-v2".lower() in metrics["retrieval"]["retrieval_model"].lower().replace("_", "-")
 
     manifest = [json.loads(line) for line in (tiny_corpus / "corpus" / "manifest.jsonl").read_text().splitlines()]
     audio = tiny_corpus / "corpus" / manifest[0]["audio"]

@@ -160,6 +160,52 @@ def cmd_make_demo(args) -> int:
     return 0
 
 
+def _split_files(values: list[str] | None, flag: str) -> dict[str, str] | None:
+    """["train=a.pkl", "test=b.pkl"] -> {"train": "a.pkl", "test": "b.pkl"}."""
+    if not values:
+        return None
+    out = {}
+    for value in values:
+        split, sep, file = value.partition("=")
+        if not sep or not file:
+            raise ValueError(f"{flag} {value!r}: write SPLIT=FILE, e.g. {flag} train=si_train.pkl")
+        out[split] = file
+    return out
+
+
+def _print_import(counts: dict, out: str) -> None:
+    splits = ", ".join(f"{s} {counts[s]}" for s in ("train", "val", "test") if counts.get(s))
+    print(f"wrote {out}: {counts['rows']} rows ({splits}), {counts['songs']} songs")
+    if counts["empty_captions_dropped"]:
+        print(f"left out {counts['empty_captions_dropped']} rows with an empty interpretation")
+    if counts["missing_audio"]:
+        print(f"warning: {counts['missing_audio']} songs have no audio file where expected; "
+              f"`alcap data validate {out}` lists them", file=sys.stderr)
+
+
+def cmd_import_si(args) -> int:
+    from .data.importers import import_si
+
+    counts = import_si(args.out, args.audio_dir, csv_dir=args.csv_dir, pickles=_split_files(args.pickle, "--pickle"),
+                       jsons=_split_files(args.json, "--json"), variant=args.variant, id_field=args.id_field,
+                       lyrics_field=args.lyrics_field, caption_field=args.caption_field,
+                       comments_field=args.comments_field, audio_ext=args.audio_ext)
+    print(f"Song Interpretation, variant {counts['variant']}")
+    _print_import(counts, args.out)
+    return 0
+
+
+def cmd_import_table(args) -> int:
+    from .data.importers import import_table
+
+    counts = import_table(args.table, args.out, audio_dir=args.audio_dir, id_field=args.id_field,
+                          lyrics_field=args.lyrics_field, caption_field=args.caption_field,
+                          audio_field=args.audio_field or None, audio_ext=args.audio_ext, ratios=tuple(args.ratios),
+                          seed=args.seed)
+    _print_import(counts, args.out)
+    return 0
+
+
 def cmd_store_info(args) -> int:
     from .data.store import EmbeddingStore
 
@@ -203,13 +249,17 @@ def cmd_evaluate(args) -> int:
 
     metrics = evaluate_model(args.checkpoint, split=args.split, manifest=args.manifest, embeddings=args.embeddings,
                              out_dir=args.out, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-                             limit=args.limit, progress=not args.quiet)
+                             limit=args.limit, progress=not args.quiet, retrieval=not args.no_retrieval,
+                             retrieval_model=args.retrieval_model, query_seed=args.query_seed)
     keys = ("rouge1_recall", "rouge2_recall", "rougeL_recall", "rouge1_f1", "rouge2_f1", "rougeL_f1", "meteor")
     print(" ".join(f"{k} {metrics[k]:.4f}" if metrics.get(k) is not None else f"{k} n/a" for k in keys))
     if metrics.get("meteor") is None:
         print(f"METEOR unavailable: {metrics.get('meteor_unavailable')}", file=sys.stderr)
     if "attribute_accuracy" in metrics:
         print("attributes stated correctly: " + ", ".join(f"{k} {v:.0%}" for k, v in metrics["attribute_accuracy"].items()))
+    if "retrieval" in metrics:
+        r = metrics["retrieval"]
+        print("text-to-music retrieval: " + " ".join(f"{k} {r[k]:.4f}" for k in r if "@" in k))
     print(f"{metrics['songs']} songs; predictions and metrics.json in {metrics['output_dir']}")
     return 0
 
@@ -314,10 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="caption a split and score it (ROUGE-1/2/L, METEOR)",
+    p = sub.add_parser("evaluate", help="caption a split and score it (ROUGE-1/2/L, METEOR, retrieval P@k/R@k)",
                        description="Generate one caption per song of a split from the stored music embeddings, score it "
-                                   "against every reference caption of the song, and write predictions.jsonl and "
-                                   "metrics.json (ROUGE recall as the paper reports it, and F1; METEOR).")
+                                   "against every reference caption of the song (ROUGE recall as the paper reports it, "
+                                   "and F1; METEOR), and measure text-to-music retrieval: one random sentence of a "
+                                   "reference per song is the query, songs are ranked by the Sentence-BERT cosine "
+                                   "similarity of their generated caption (precision@k, recall@k, k = 1, 5, 10). "
+                                   "Writes predictions.jsonl, metrics.json and retrieval.npz (queries and embeddings).")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="model directory (best/ or last/ of a run)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--manifest", help="manifest (default: the one the model was trained on)")
@@ -326,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=int, metavar="N", help="beam size (default: the run's generation config, 4)")
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="longest caption in tokens (default: the run's)")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N songs")
+    p.add_argument("--no-retrieval", action="store_true", help="skip the text-to-music retrieval evaluation")
+    p.add_argument("--retrieval-model", metavar="NAME_OR_DIR",
+                   help="Sentence-BERT model for retrieval (default: the packaged all-MiniLM-L6-v2, offline)")
+    p.add_argument("--query-seed", type=int, default=0, metavar="SEED",
+                   help="seed that picks each song's query sentence (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -351,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="alcap report", help="page title")
     p.set_defaults(func=cmd_report)
 
-    data = sub.add_parser("data", help="manifests and corpora: validate, make-demo",
+    data = sub.add_parser("data", help="manifests and corpora: validate, make-demo, import-si, import-ncm",
                           description="Work with manifests and corpora.").add_subparsers(dest="data_command", metavar="COMMAND", required=True)
     p = data.add_parser("validate", help="report per row what is wrong with a manifest",
                         description="Check every row of a manifest: unreadable rows and bad encodings, missing or "
@@ -380,6 +438,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, metavar="N", help="synthesis processes (default: one per CPU core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_make_demo)
+
+    p = data.add_parser("import-si", help="Song Interpretation data set (CSV, pickle or JSON layout) -> manifest",
+                        description="Convert the Song Interpretation data set to a manifest. Layouts: the CSV files "
+                                    "df_{full|not_negative|positive}_{train|val}.csv + df_test.csv (--csv-dir), pickles "
+                                    "of MusicData records (--pickle SPLIT=FILE, read by a restricted unpickler that "
+                                    "builds nothing else), or JSON/JSONL copies of the records (--json SPLIT=FILE). "
+                                    "Audio is <audio dir>/<music4all_id>.mp3. The variants share the test split.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv-dir", metavar="DIR", help="folder with the df_*.csv files")
+    source.add_argument("--pickle", action="append", metavar="SPLIT=FILE", help="a pickle for a split (repeat per split)")
+    source.add_argument("--json", action="append", metavar="SPLIT=FILE", help="a JSON/JSONL file for a split (repeat)")
+    p.add_argument("--audio-dir", required=True, metavar="DIR", help="Music4All audio folder (<id>.mp3 files)")
+    p.add_argument("--out", required=True, metavar="MANIFEST", help="manifest to write (.jsonl)")
+    p.add_argument("--variant", default="full",
+                   help="full (SI-Full), not_negative (votes >= 0) or positive (votes > 0); default: full")
+    p.add_argument("--id-field", default="music4all_id", help="record field with the song id (default: music4all_id)")
+    p.add_argument("--lyrics-field", default="lyrics", help="record field with the lyrics (default: lyrics)")
+    p.add_argument("--caption-field", default="comment", help="field with one interpretation (default: comment)")
+    p.add_argument("--comments-field", default="comments",
+                   help="field with [(text, votes), ...] interpretations (default: comments)")
+    p.add_argument("--audio-ext", default=".mp3", help="audio file extension (default: .mp3)")
+    p.set_defaults(func=cmd_import_si)
+
+    p = data.add_parser("import-ncm", help="NCM reviews or any CSV/JSONL corpus -> manifest with a seeded split",
+                        description="Convert a table of (song id, lyrics, review/caption, audio) to a manifest and split "
+                                    "it at random by song (no song in two splits), reproducibly from --seed. Audio: the "
+                                    "audio column relative to --audio-dir (or the table's folder), else "
+                                    "<audio dir>/<song id><ext>.")
+    p.add_argument("table", metavar="TABLE", help="CSV or JSONL file")
+    p.add_argument("--out", required=True, metavar="MANIFEST", help="manifest to write (.jsonl)")
+    p.add_argument("--audio-dir", metavar="DIR", help="folder the audio paths are relative to")
+    p.add_argument("--id-field", default="song_id", help="column with the song id (default: song_id)")
+    p.add_argument("--lyrics-field", default="lyrics", help="column with the lyrics (default: lyrics)")
+    p.add_argument("--caption-field", default="review", help="column with the review or caption (default: review)")
+    p.add_argument("--audio-field", default="audio", help="column with the audio path; '' for none (default: audio)")
+    p.add_argument("--audio-ext", default=".mp3", help="extension when the path comes from the id (default: .mp3)")
+    p.add_argument("--ratios", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"),
+                   help="split ratios by song (default: 0.7 0.15 0.15)")
+    p.add_argument("--seed", type=int, default=2020, help="seed of the random split (default: 2020)")
+    p.set_defaults(func=cmd_import_table)
 
     store = sub.add_parser("store", help="inspect an embedding store",
                            description="Inspect embedding stores.").add_subparsers(dest="store_command", metavar="COMMAND", required=True)

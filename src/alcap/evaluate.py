@@ -5,19 +5,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from .data.manifest import read_manifest
 from .data.store import EmbeddingStore
 from .inference import Captioner
 from .metrics.captioning import caption_metrics
+from .metrics.retrieval import SentenceEncoder, text_to_music_retrieval
 
-PREDICTIONS_FILE, METRICS_FILE = "predictions.jsonl", "metrics.json"
+PREDICTIONS_FILE, METRICS_FILE, RETRIEVAL_FILE = "predictions.jsonl", "metrics.json", "retrieval.npz"
 ATTRIBUTES = ("instrument", "tempo", "mode", "energy", "drums", "theme")
 
 
 def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | None = None, embeddings: str | None = None,
                    out_dir: str | Path | None = None, num_beams: int | None = None, max_new_tokens: int | None = None,
-                   limit: int | None = None, progress: bool = True) -> dict:
-    """One prediction per song of `split`, scored against every caption of that song.
+                   limit: int | None = None, progress: bool = True, retrieval: bool = True,
+                   retrieval_model: str | None = None, query_seed: int = 0) -> dict:
+    """One prediction per song of `split`, scored against every caption of that song, and
+    text-to-music retrieval over the split (one reference sentence per song as the query).
 
     Decoding follows the run's generation config; `num_beams`/`max_new_tokens` override it.
     """
@@ -37,6 +42,13 @@ def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | N
     metrics.update({"split": split, "model": str(model_dir)})
     out = Path(out_dir or model_dir / f"eval-{split}")
     out.mkdir(parents=True, exist_ok=True)
+    if retrieval:
+        scores, data = text_to_music_retrieval(predictions, [s["references"] for s in items],
+                                               SentenceEncoder(retrieval_model), seed=query_seed)
+        metrics["retrieval"] = scores
+        np.savez(out / RETRIEVAL_FILE, song_ids=np.array([s["song_id"] for s in items]),
+                 queries=np.array(data["queries"]), query_embeddings=data["query_embeddings"],
+                 caption_embeddings=data["caption_embeddings"])
     with open(out / PREDICTIONS_FILE, "w", encoding="utf-8") as f:
         for item, pred in zip(items, predictions):
             f.write(json.dumps({"song_id": item["song_id"], "lyrics": item["lyrics"], "references": item["references"],
