@@ -244,6 +244,26 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from .experiment import load_experiment, run_experiment, write_tables
+
+    experiment = load_experiment(args.config, output_dir=args.output_dir)
+    if args.methods:
+        unknown = sorted(set(args.methods) - set(experiment.methods))
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; {args.config} has {', '.join(experiment.methods)}")
+        experiment.methods = {m: o for m, o in experiment.methods.items() if m in args.methods}
+    if args.tables_only:
+        result = write_tables(experiment, args.seeds)
+    else:
+        result = run_experiment(experiment, args.seeds, progress=not args.quiet, overrides=args.set)
+    tables = Path(result["tables_dir"])
+    print((tables / "table1_captioning.md").read_text(encoding="utf-8"))
+    print((tables / "table2_retrieval.md").read_text(encoding="utf-8"))
+    print(f"tables (Markdown, CSV, LaTeX) and results.json in {tables}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_model
 
@@ -363,6 +383,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", metavar="DIR", help="run directory (default: output_dir of the config)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("experiment", help="train + evaluate every method for every seed, then write the paper's tables",
+                       description="Run an experiment file (configs/si-*.yaml, configs/demo.yaml): each method for each "
+                                   "seed is trained into OUTPUT_DIR/METHOD/seed-SEED and evaluated (captioning metrics and "
+                                   "text-to-music retrieval). Finished runs are skipped and interrupted ones resume, so "
+                                   "rerunning the command continues where it stopped. Then Table 1 (ROUGE-1/2/L, METEOR: "
+                                   "mean ± std over seeds, bootstrap 95%% interval over songs) and Table 2 (precision@k, "
+                                   "recall@k) are written as Markdown, CSV and LaTeX to OUTPUT_DIR/tables.")
+    p.add_argument("config", metavar="EXPERIMENT", help="experiment YAML (base config + methods)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[2020], metavar="SEED", help="seeds (default: 2020)")
+    p.add_argument("--methods", nargs="+", metavar="NAME", help="run only these methods (default: all)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value in every run, e.g. --set train.epochs=2; repeatable")
+    p.add_argument("--output-dir", metavar="DIR", help="experiment directory (default: output_dir of the file)")
+    p.add_argument("--tables-only", action="store_true", help="only (re)write the tables from finished runs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("evaluate", help="caption a split and score it (ROUGE-1/2/L, METEOR, retrieval P@k/R@k)",
                        description="Generate one caption per song of a split from the stored music embeddings, score it "

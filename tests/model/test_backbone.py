@@ -34,3 +34,21 @@ def test_presets_and_local_directories(tmp_path):
         load_backbone("tiny")
     with pytest.raises(ValueError, match="neither a preset"):
         load_backbone("no-such-thing")
+
+
+def test_a_trained_alcap_model_is_a_backbone(tmp_path):
+    import torch
+
+    from alcap.model.captioner import AlcapConfig, AlcapModel
+
+    bart, tok = load_backbone("tiny", TEXTS, vocab_size=300)
+    with torch.no_grad():
+        bart.model.shared.weight.normal_()  # not the init a fresh model would get
+    AlcapModel(AlcapConfig(fusion_layers=[1, 2]), bart).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again, tok2 = load_backbone(str(tmp_path))
+    assert tok2("Neon signs")["input_ids"] == tok("Neon signs")["input_ids"]
+    for key, value in bart.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    # Embeddings stay tied, so fine-tuning updates input and output embeddings together.
+    assert again.lm_head.weight.data_ptr() == again.model.shared.weight.data_ptr() and again.training

@@ -74,16 +74,45 @@ def meteor(predictions: Sequence[str], references: Sequence) -> dict:
     ok, reason = wordnet_status()
     if not ok:
         return {"meteor": None, "meteor_unavailable": reason}
+    scores, tokenizer_name = _meteor_scores(predictions, _as_reference_lists(references))
+    return {"meteor": float(np.mean(scores)) if scores else 0.0, "meteor_tokenizer": tokenizer_name}
+
+
+def _meteor_scores(predictions: Sequence[str], refs: list[list[str]]) -> tuple[list[float], str]:
+    """Per-prediction METEOR against its best reference (WordNet must be available)."""
     from nltk.translate.meteor_score import meteor_score
 
     tokenize, tokenizer_name = tokenizer_for_meteor()
-    refs = _as_reference_lists(references)
-    scores = [
-        meteor_score([tokenize(r) for r in ref], tokenize(pred), alpha=0.9, beta=3, gamma=0.5)
-        for pred, ref in zip(predictions, refs)
-    ]
-    return {"meteor": float(np.mean(scores)) if scores else 0.0, "meteor_tokenizer": tokenizer_name}
+    return [meteor_score([tokenize(r) for r in ref], tokenize(pred), alpha=0.9, beta=3, gamma=0.5)
+            for pred, ref in zip(predictions, refs)], tokenizer_name
 
 
 def caption_metrics(predictions: Sequence[str], references: Sequence, seed: int = 0) -> dict:
     return {**rouge(predictions, references, seed=seed), **meteor(predictions, references)}
+
+
+PER_SONG_KEYS = ("rouge1_recall", "rouge2_recall", "rougeL_recall", "meteor")
+
+
+def per_song_scores(predictions: Sequence[str], references: Sequence) -> dict[str, np.ndarray]:
+    """Each song's ROUGE recalls (best reference) and METEOR, for intervals over songs and paired tests."""
+    from rouge_score import rouge_scorer
+
+    refs = _as_reference_lists(references)
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
+    scores = [scorer.score_multi(ref, pred) for pred, ref in zip(predictions, refs)]
+    out = {f"{name}_recall": np.array([s[name].recall for s in scores]) for name in ROUGE_TYPES}
+    from .wordnet import wordnet_status
+
+    if wordnet_status()[0]:
+        out["meteor"] = np.array(_meteor_scores(predictions, refs)[0])
+    return out
+
+
+def bootstrap_interval(values: np.ndarray, samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over the given items (e.g. test songs)."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, BartForConditionalGeneration, PreTrainedTokenizerFast
 
-from .captioner import bart_config
+from .captioner import CONFIG_FILE, bart_config
 
 PRESETS = ("tiny", "small", "bart-base")
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -36,6 +36,19 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4000, min_freque
                                    unk_token="<unk>", mask_token="<mask>", model_max_length=512)
 
 
+def bart_from_alcap_model(directory: Path) -> BartForConditionalGeneration:
+    """The BART inside a trained alcap model (encoder, decoder, embeddings; no fusion or alignment).
+
+    Lets a captioner start from another one, e.g. fusion models from a lyrics-only model
+    trained first, the way the paper's start from a pretrained BART.
+    """
+    from .captioner import AlcapModel
+
+    bart = AlcapModel.from_pretrained(directory).bart  # safetensors' load_model restores the tied embeddings
+    bart.train()
+    return bart
+
+
 def load_tokenizer(path: str | Path):
     """The tokenizer saved in a model directory (or a hub id, where the hub is reachable)."""
     return AutoTokenizer.from_pretrained(str(path))
@@ -57,6 +70,8 @@ def load_backbone(backbone: str, texts: Iterable[str] | None = None, vocab_size:
             tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size)
         return BartForConditionalGeneration(bart_config(backbone, len(tokenizer))), tokenizer
     path = Path(backbone)
+    if (path / CONFIG_FILE).is_file():  # an alcap model directory: start from its text model
+        return bart_from_alcap_model(path), AutoTokenizer.from_pretrained(path)
     if not path.exists() and "/" not in backbone:
         raise ValueError(f"backbone {backbone!r} is neither a preset ({', '.join(PRESETS)}), a directory nor a hub id")
     try:

@@ -1,0 +1,216 @@
+"""`alcap experiment`: every method x every seed, trained, evaluated and tabulated as in the paper.
+
+An experiment file is a run config (`base`) plus named methods, each a set of overrides:
+
+    name: si-full
+    output_dir: runs/si-full
+    base: {data: ..., model: ..., train: ..., generation: ...}   # like a run config
+    methods:
+      bart:        {model.alcap.use_music: false, data.embeddings: null}
+      bart-fusion: {model.alcap.alpha: 0.0}
+      alcap:       {model.alcap.alpha: 0.02}
+    evaluate: {split: test, retrieval: true}
+
+String values may use {output_dir} and {seed}, so a method can start from another method's
+model of the same seed (e.g. `model.backbone: "{output_dir}/bart/seed-{seed}/best"`); a method
+with `report: false` among its keys is trained and evaluated but kept out of the tables.
+Runs live in OUTPUT_DIR/METHOD/seed-SEED; a finished run (evaluated) is skipped, an unfinished
+one resumes. Tables go to OUTPUT_DIR/tables/.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .config import RunConfig, apply_override, from_dict
+from .evaluate import METRICS_FILE, PREDICTIONS_FILE
+
+logger = logging.getLogger("alcap.experiment")
+CAPTION_COLUMNS = (("rouge1_recall", "ROUGE-1"), ("rouge2_recall", "ROUGE-2"), ("rougeL_recall", "ROUGE-L"),
+                   ("meteor", "METEOR"))
+RETRIEVAL_KS = (1, 5, 10)
+
+
+@dataclass
+class EvaluateSettings:
+    split: str = "test"
+    retrieval: bool = True
+    retrieval_model: str | None = None
+    query_seed: int = 0
+
+
+@dataclass
+class Experiment:
+    name: str
+    output_dir: Path
+    base: dict
+    methods: dict[str, dict]
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+
+    def reported_methods(self) -> list[str]:
+        return [m for m, o in self.methods.items() if o.get("report", True)]
+
+    def run_dir(self, method: str, seed: int) -> Path:
+        return self.output_dir / method / f"seed-{seed}"
+
+    def run_config(self, method: str, seed: int) -> RunConfig:
+        if method not in self.methods:
+            raise ValueError(f"unknown method {method!r}; this experiment has {', '.join(self.methods)}")
+        config = from_dict(RunConfig, self.base)
+        for key, value in self.methods[method].items():
+            if key == "report":
+                continue
+            if isinstance(value, str):
+                value = value.format(output_dir=self.output_dir, seed=seed)
+            apply_override(config, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+        config.train.seed = seed
+        config.output_dir = str(self.run_dir(method, seed))
+        return config
+
+
+def load_experiment(path: str | Path, output_dir: str | None = None) -> Experiment:
+    path = Path(path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = sorted(set(data) - {"name", "output_dir", "base", "methods", "evaluate"})
+    if unknown:
+        raise ValueError(f"{path}: unknown experiment key(s) {', '.join(unknown)}; "
+                         "valid: name, output_dir, base, methods, evaluate")
+    if not data.get("methods"):
+        raise ValueError(f"{path}: an experiment needs `methods` (name: overrides)")
+    experiment = Experiment(name=data.get("name", path.stem), output_dir=Path(output_dir or data.get("output_dir") or
+                                                                            f"runs/{path.stem}"),
+                            base=data.get("base") or {}, methods={m: dict(o or {}) for m, o in data["methods"].items()},
+                            evaluate=from_dict(EvaluateSettings, data.get("evaluate")))
+    for method in experiment.methods:  # fail now on a typo, not after hours of training
+        experiment.run_config(method, 0)
+    return experiment
+
+
+def run_experiment(experiment: Experiment, seeds: list[int], progress: bool = True,
+                   overrides: list[str] | None = None) -> dict:
+    """Train and evaluate what is missing, then write the tables; returns the aggregate."""
+    from .evaluate import evaluate_model
+    from .train.loop import train
+
+    for seed in seeds:
+        for method in experiment.methods:
+            run = experiment.run_dir(method, seed)
+            eval_dir = run / "best" / f"eval-{experiment.evaluate.split}"
+            if (eval_dir / METRICS_FILE).exists():
+                logger.info("%s seed %d: finished, skipped", method, seed)
+                continue
+            config = experiment.run_config(method, seed)
+            for assignment in overrides or []:
+                apply_override(config, assignment)
+            if not (run / "last").exists():  # train() resumes a killed run from its last state
+                train(config, progress=progress)
+            evaluate_model(run / "best", split=experiment.evaluate.split, progress=progress,
+                           retrieval=experiment.evaluate.retrieval,
+                           retrieval_model=experiment.evaluate.retrieval_model,
+                           query_seed=experiment.evaluate.query_seed)
+    return write_tables(experiment, seeds)
+
+
+def collect(experiment: Experiment, seeds: list[int]) -> dict[str, list[dict]]:
+    """method -> the evaluated runs of those seeds: {"seed", "metrics", "per_song"}."""
+    from .metrics.captioning import per_song_scores
+
+    out: dict[str, list[dict]] = {}
+    for method in experiment.reported_methods():
+        for seed in seeds:
+            eval_dir = experiment.run_dir(method, seed) / "best" / f"eval-{experiment.evaluate.split}"
+            if not (eval_dir / METRICS_FILE).exists():
+                continue
+            metrics = json.loads((eval_dir / METRICS_FILE).read_text())
+            rows = [json.loads(line) for line in (eval_dir / PREDICTIONS_FILE).read_text().splitlines()]
+            per_song = per_song_scores([r["prediction"] for r in rows], [r["references"] for r in rows])
+            out.setdefault(method, []).append({"seed": seed, "metrics": metrics, "per_song": per_song,
+                                               "song_ids": [r["song_id"] for r in rows]})
+    return out
+
+
+def aggregate(runs: dict[str, list[dict]]) -> dict:
+    """Per method and metric: mean, std over seeds (ddof 1), and a bootstrap 95% interval over test
+    songs of the seed-averaged per-song score."""
+    from .metrics.captioning import bootstrap_interval
+
+    table: dict[str, dict] = {}
+    for method, method_runs in runs.items():
+        row: dict = {"seeds": [r["seed"] for r in method_runs]}
+        for key, _ in CAPTION_COLUMNS:
+            values = [r["metrics"].get(key) for r in method_runs]
+            if any(v is None for v in values):
+                row[key] = None
+                continue
+            songs = np.mean([r["per_song"][key] for r in method_runs], axis=0)
+            row[key] = {"mean": float(np.mean(values)), "std": _std(values),
+                        "ci95": list(bootstrap_interval(songs)), "values": values}
+        for k in RETRIEVAL_KS:
+            for name in (f"precision@{k}", f"recall@{k}"):
+                values = [r["metrics"].get("retrieval", {}).get(name) for r in method_runs]
+                row[name] = None if any(v is None for v in values) else \
+                    {"mean": float(np.mean(values)), "std": _std(values), "values": values}
+        table[method] = row
+    return table
+
+
+def _std(values: list[float]) -> float | None:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def _cell(entry: dict | None, scale: float = 100.0, ci: bool = False) -> str:
+    if entry is None:
+        return "n/a"
+    text = f"{entry['mean'] * scale:.2f}"
+    if entry["std"] is not None:
+        text += f" ± {entry['std'] * scale:.2f}"
+    if ci and entry.get("ci95"):
+        text += f" [{entry['ci95'][0] * scale:.2f}, {entry['ci95'][1] * scale:.2f}]"
+    return text
+
+
+def write_tables(experiment: Experiment, seeds: list[int]) -> dict:
+    """Table 1 (captioning) and Table 2 (retrieval) as Markdown, CSV and LaTeX, plus results.json."""
+    table = aggregate(collect(experiment, seeds))
+    out = experiment.output_dir / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    t1_head = ["Method"] + [label for _, label in CAPTION_COLUMNS]
+    t1 = [[m] + [_cell(row[k], ci=True) for k, _ in CAPTION_COLUMNS] for m, row in table.items()]
+    retrieval_keys = [f"precision@{k}" for k in RETRIEVAL_KS] + [f"recall@{k}" for k in RETRIEVAL_KS]
+    t2_head = ["Method"] + [f"P@{k}" for k in RETRIEVAL_KS] + [f"R@{k}" for k in RETRIEVAL_KS]
+    t2 = [[m] + [_cell(row[k]) for k in retrieval_keys] for m, row in table.items()]
+    caption_note = (f"{experiment.name}, {experiment.evaluate.split} split, seeds {', '.join(map(str, seeds))}: "
+                    "mean ± std over seeds (x100); [95% bootstrap interval over songs]")
+    for stem, head, rows, note in (("table1_captioning", t1_head, t1, caption_note),
+                                   ("table2_retrieval", t2_head, t2, caption_note.split("[")[0].rstrip("; "))):
+        (out / f"{stem}.md").write_text(_markdown(head, rows, note), encoding="utf-8")
+        (out / f"{stem}.tex").write_text(_latex(head, rows, note), encoding="utf-8")
+        with open(out / f"{stem}.csv", "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([head, *rows])
+    (out / "results.json").write_text(json.dumps({"experiment": experiment.name, "seeds": seeds,
+                                                  "split": experiment.evaluate.split, "methods": table}, indent=2) + "\n")
+    return {"tables_dir": str(out), "methods": table}
+
+
+def _markdown(head: list[str], rows: list[list[str]], note: str) -> str:
+    lines = [f"_{note}_", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _latex(head: list[str], rows: list[list[str]], note: str) -> str:
+    def esc(text: str) -> str:
+        return text.replace("±", r"$\pm$").replace("_", r"\_").replace("%", r"\%").replace("@", "@")
+
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "c" * (len(head) - 1) + "}", r"\toprule",
+             " & ".join(esc(h) for h in head) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(c) for c in row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + esc(note) + "}", r"\end{table}"]
+    return "\n".join(lines) + "\n"

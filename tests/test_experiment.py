@@ -1,0 +1,78 @@
+"""`alcap experiment` on the tiny corpus: 3 methods x 2 seeds, tables checked against the runs."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from alcap.cli import main
+from alcap.experiment import load_experiment
+
+
+def write_experiment(root, tmp_path):
+    base = {"data": {"manifest": str(root / "corpus" / "manifest.jsonl"), "embeddings": str(root / "store"),
+                     "max_caption_tokens": 48},
+            "model": {"backbone": "tiny", "tokenizer_vocab_size": 400, "alcap": {"fusion_layers": [1, 2]}},
+            "train": {"epochs": 1, "batch_size": 8, "optimizer": "adamw", "lr": 1e-3, "eval_num_beams": 1},
+            "generation": {"num_beams": 2, "max_new_tokens": 16}}
+    methods = {"bart": {"model.alcap.use_music": False, "data.embeddings": None},
+               "bart-fusion": {"model.alcap.alpha": 0.0}, "alcap": {"model.alcap.alpha": 0.02}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny", "output_dir": str(tmp_path / "exp"), "base": base,
+                                    "methods": methods}, sort_keys=False))
+    return path
+
+
+def test_experiment_trains_every_method_and_seed_and_writes_tables(tiny_corpus, tmp_path, capsys):
+    path = write_experiment(tiny_corpus, tmp_path)
+    assert main(["experiment", str(path), "--seeds", "1", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| Method | ROUGE-1 | ROUGE-2 | ROUGE-L | METEOR |" in out and "| Method | P@1 | P@5 | P@10 |" in out
+    exp = tmp_path / "exp"
+    results = json.loads((exp / "tables" / "results.json").read_text())
+    assert list(results["methods"]) == ["bart", "bart-fusion", "alcap"] and results["seeds"] == [1, 2]
+    for method, row in results["methods"].items():
+        runs = [json.loads((exp / method / f"seed-{s}" / "best" / "eval-test" / "metrics.json").read_text())
+                for s in (1, 2)]
+        values = [r["rouge1_recall"] for r in runs]
+        assert row["rouge1_recall"]["values"] == values
+        assert row["rouge1_recall"]["mean"] == pytest.approx(np.mean(values))
+        assert row["rouge1_recall"]["std"] == pytest.approx(np.std(values, ddof=1))
+        low, high = row["rouge1_recall"]["ci95"]
+        assert 0 <= low <= high <= 1
+        for k in (1, 5, 10):
+            assert row[f"recall@{k}"]["mean"] == pytest.approx(np.mean([r["retrieval"][f"recall@{k}"] for r in runs]))
+    # The seeds gave different models (the seed reaches the initialisation).
+    a = (exp / "alcap" / "seed-1" / "best" / "model.safetensors").read_bytes()
+    assert a != (exp / "alcap" / "seed-2" / "best" / "model.safetensors").read_bytes()
+    with open(exp / "tables" / "table1_captioning.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["Method", "ROUGE-1", "ROUGE-2", "ROUGE-L", "METEOR"] and [r[0] for r in rows[1:]] == \
+        ["bart", "bart-fusion", "alcap"]
+    for cell in rows[1][1:]:
+        mean, rest = cell.split(" ± ")
+        assert 0 <= float(mean) <= 100 and "[" in rest
+    tex = (exp / "tables" / "table2_retrieval.tex").read_text()
+    assert r"\begin{tabular}{lcccccc}" in tex and r"$\pm$" in tex and tex.count(r"\\") == 4
+
+    # Rerunning skips the finished runs (nothing is retrained or re-evaluated).
+    stamp = (exp / "bart" / "seed-1" / "best" / "eval-test" / "metrics.json").stat().st_mtime_ns
+    assert main(["experiment", str(path), "--seeds", "1", "2", "--quiet"]) == 0
+    assert (exp / "bart" / "seed-1" / "best" / "eval-test" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_experiment_files_are_checked_before_training(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"base": {}, "methods": {"x": {"model.alcap.alfa": 1}}}))
+    with pytest.raises(ValueError, match="unknown key 'alfa'"):
+        load_experiment(bad)
+    for name in ("si-full", "si-not-negative", "si-positive", "ncm"):
+        exp = load_experiment(f"configs/{name}.yaml")
+        assert list(exp.methods) == ["bart", "bart-fusion", "alcap"]
+        alcap = exp.run_config("alcap", 2022)
+        assert alcap.model.alcap.alpha == 0.02 and alcap.train.seed == 2022 and alcap.train.batch_size == 26
+        assert alcap.model.alcap.fusion_layers == [4, 5] and alcap.train.optimizer == "adafactor"
+        assert exp.run_config("bart-fusion", 2020).model.alcap.alpha == 0.0
+        assert exp.run_config("bart", 2020).model.alcap.use_music is False
