@@ -76,3 +76,29 @@ def test_experiment_files_are_checked_before_training(tmp_path):
         assert alcap.model.alcap.fusion_layers == [4, 5] and alcap.train.optimizer == "adafactor"
         assert exp.run_config("bart-fusion", 2020).model.alcap.alpha == 0.0
         assert exp.run_config("bart", 2020).model.alcap.use_music is False
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_alpha_sweep_writes_csv_and_figures(tiny_corpus, tmp_path, capsys):
+    path = write_experiment(tiny_corpus, tmp_path)
+    assert main(["sweep", str(path), "--alpha", "0", "0.02", "2", "--seeds", "3", "--quiet"]) == 0
+    sweep = tmp_path / "exp" / "sweep"
+    with open(sweep / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["alpha"]) for r in rows] == [0.0, 0.02, 2.0]
+    for row in rows:
+        metrics = json.loads((sweep / f"alpha-{float(row['alpha']):g}" / "seed-3" / "best" / "eval-test" /
+                              "metrics.json").read_text())
+        assert float(row["rougeL_recall"]) == pytest.approx(metrics["rougeL_recall"])
+        assert float(row["recall@5"]) == pytest.approx(metrics["retrieval"]["recall@5"])
+    from alcap.model.captioner import AlcapModel
+
+    assert AlcapModel.from_pretrained(sweep / "alpha-2" / "seed-3" / "best").config.alpha == 2.0
+    for name in ("sweep_captioning.png", "sweep_retrieval.png"):
+        assert png_size(sweep / name) == (840, 504) and (sweep / name).stat().st_size > 20_000
+    assert "sweep_captioning.png" in capsys.readouterr().out

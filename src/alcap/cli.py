@@ -264,6 +264,20 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .experiment import load_experiment, run_experiment, sweep_experiment, write_sweep, write_tables
+
+    sweep = sweep_experiment(load_experiment(args.config, output_dir=args.output_dir), args.alpha, args.method)
+    if args.tables_only:
+        result = write_tables(sweep, args.seeds)
+    else:
+        result = run_experiment(sweep, args.seeds, progress=not args.quiet, overrides=args.set)
+    written = write_sweep(sweep, args.alpha, result["methods"])
+    print((Path(result["tables_dir"]) / "table1_captioning.md").read_text(encoding="utf-8"))
+    print(f"sweep: {written['csv']}; figures: {', '.join(written['figures'])}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_model
 
@@ -400,6 +414,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables-only", action="store_true", help="only (re)write the tables from finished runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("sweep", help="alpha ablation: train and evaluate ALCAP for each alpha, plot scores vs alpha",
+                       description="The paper's alpha ablation (Figures 5-6): the experiment's ALCAP method is trained "
+                                   "and evaluated once per alpha and seed into OUTPUT_DIR/sweep/alpha-A/seed-S (alpha 0 "
+                                   "is BART-fusion), then sweep.csv, sweep_captioning.png and sweep_retrieval.png "
+                                   "(log-scaled alpha axis that still shows 0) and the tables are written. Finished runs "
+                                   "are skipped.")
+    p.add_argument("config", metavar="EXPERIMENT", help="experiment YAML (configs/si-*.yaml, configs/demo.yaml)")
+    p.add_argument("--alpha", type=float, nargs="+", required=True, metavar="A",
+                   help="contrastive weights to try, e.g. 0 2e-4 2e-3 2e-2 2e-1 2 20")
+    p.add_argument("--seeds", type=int, nargs="+", default=[2020], metavar="SEED", help="seeds (default: 2020)")
+    p.add_argument("--method", default="alcap", help="method of the experiment to vary (default: alcap)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value in every run; repeatable")
+    p.add_argument("--output-dir", metavar="DIR", help="experiment directory (default: output_dir of the file)")
+    p.add_argument("--tables-only", action="store_true", help="only redraw from finished runs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("evaluate", help="caption a split and score it (ROUGE-1/2/L, METEOR, retrieval P@k/R@k)",
                        description="Generate one caption per song of a split from the stored music embeddings, score it "

@@ -214,3 +214,77 @@ def _latex(head: list[str], rows: list[list[str]], note: str) -> str:
     lines += [" & ".join(esc(c) for c in row) + r" \\" for row in rows]
     lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + esc(note) + "}", r"\end{table}"]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- alpha ablation
+
+def alpha_label(alpha: float) -> str:
+    return f"alpha-{alpha:g}"
+
+
+def sweep_experiment(experiment: Experiment, alphas: list[float], method: str = "alcap") -> Experiment:
+    """The experiment's `method` once per alpha (alpha 0 is BART-fusion), in OUTPUT_DIR/sweep."""
+    if method not in experiment.methods:
+        raise ValueError(f"unknown method {method!r}; this experiment has {', '.join(experiment.methods)}")
+    if any(a < 0 for a in alphas) or len(set(alphas)) != len(alphas):
+        raise ValueError(f"alphas must be distinct and non-negative, got {alphas}")
+    base = {k: v for k, v in experiment.methods[method].items() if k != "report"}
+    methods = {alpha_label(a): {**base, "model.alcap.alpha": float(a)} for a in sorted(alphas)}
+    return Experiment(f"{experiment.name} alpha sweep", experiment.output_dir / "sweep", experiment.base, methods,
+                      experiment.evaluate)
+
+
+def write_sweep(sweep: Experiment, alphas: list[float], table: dict) -> dict:
+    """sweep.csv (one row per alpha) and two figures: captioning and retrieval scores against alpha."""
+    out = sweep.output_dir
+    rows = []
+    for alpha in sorted(alphas):
+        entry = table.get(alpha_label(alpha))
+        if entry is None:
+            continue
+        row = {"alpha": alpha, "seeds": len(entry["seeds"])}
+        for key in [k for k, _ in CAPTION_COLUMNS] + [f"{m}@{k}" for m in ("precision", "recall") for k in RETRIEVAL_KS]:
+            value = entry.get(key)
+            row[key] = None if value is None else value["mean"]
+            row[f"{key}_std"] = None if value is None else value["std"]
+        rows.append(row)
+    with open(out / "sweep.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    captioning = _plot_against_alpha(rows, [(k, label) for k, label in CAPTION_COLUMNS], "captioning score (x100)",
+                                     out / "sweep_captioning.png", sweep.name)
+    retrieval = _plot_against_alpha(rows, [(f"{m}@{k}", f"{m[0].upper()}@{k}") for m in ("precision", "recall")
+                                           for k in RETRIEVAL_KS], "retrieval score (x100)",
+                                    out / "sweep_retrieval.png", sweep.name)
+    return {"csv": str(out / "sweep.csv"), "figures": [captioning, retrieval], "rows": rows}
+
+
+def _plot_against_alpha(rows: list[dict], series: list[tuple[str, str]], ylabel: str, path: Path, title: str) -> str:
+    """Log-scaled alpha axis that still shows alpha = 0 (symlog, linear below the smallest positive alpha)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas = [r["alpha"] for r in rows]
+    positive = [a for a in alphas if a > 0]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for key, label in series:
+        points = [(r["alpha"], r[key] * 100, (r[f"{key}_std"] or 0) * 100) for r in rows if r[key] is not None]
+        if points:
+            x, y, err = zip(*points)
+            ax.errorbar(x, y, yerr=err if any(err) else None, marker="o", capsize=3, label=label)
+    if positive:
+        ax.set_xscale("symlog", linthresh=min(positive))
+    ax.set_xticks(alphas)
+    ax.set_xticklabels([f"{a:g}" for a in alphas])
+    ax.set_xlabel("alpha (weight of the contrastive loss)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
