@@ -25,12 +25,24 @@ def write_experiment(root, tmp_path):
     return path
 
 
-def test_experiment_trains_every_method_and_seed_and_writes_tables(tiny_corpus, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def experiment(tiny_corpus, tmp_path_factory):
+    """3 methods x 2 seeds on the tiny corpus, run once through the CLI; (experiment file, stdout)."""
+    import contextlib
+    import io
+
+    tmp_path = tmp_path_factory.mktemp("experiment")
     path = write_experiment(tiny_corpus, tmp_path)
-    assert main(["experiment", str(path), "--seeds", "1", "2", "--quiet"]) == 0
-    out = capsys.readouterr().out
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["experiment", str(path), "--seeds", "1", "2", "--quiet"]) == 0
+    return path, out.getvalue()
+
+
+def test_experiment_trains_every_method_and_seed_and_writes_tables(experiment):
+    path, out = experiment
     assert "| Method | ROUGE-1 | ROUGE-2 | ROUGE-L | METEOR |" in out and "| Method | P@1 | P@5 | P@10 |" in out
-    exp = tmp_path / "exp"
+    exp = path.parent / "exp"
     results = json.loads((exp / "tables" / "results.json").read_text())
     assert list(results["methods"]) == ["bart", "bart-fusion", "alcap"] and results["seeds"] == [1, 2]
     for method, row in results["methods"].items():
@@ -102,3 +114,40 @@ def test_alpha_sweep_writes_csv_and_figures(tiny_corpus, tmp_path, capsys):
     for name in ("sweep_captioning.png", "sweep_retrieval.png"):
         assert png_size(sweep / name) == (840, 504) and (sweep / name).stat().st_size > 20_000
     assert "sweep_captioning.png" in capsys.readouterr().out
+
+
+def test_attention_alignment_and_report_of_an_experiment(experiment, capsys):
+    path, _ = experiment
+    exp = path.parent / "exp"
+    models = [str(exp / m / "seed-1" / "best") for m in ("bart-fusion", "alcap")]
+    assert main(["attention", *models, "--songs", "2", "--out", str(exp / "attention.png")]) == 0
+    width, height = png_size(exp / "attention.png")
+    assert width > 600 and height > 600  # 2 rows (models) x 2 columns (songs)
+
+    from alcap.figures import inspect_model
+
+    inspected = inspect_model(models[1], songs=2)
+    for tokens, weights in zip(inspected.tokens, inspected.attentions):
+        assert weights.shape[0] == len(tokens) and weights.shape[1] > 1
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)  # each token's attention is a distribution
+
+    assert main(["alignment", *models, "--out", str(exp / "alignment")]) == 0
+    assert "music->lyrics" in capsys.readouterr().out
+    saved = np.load(exp / "alignment" / "alcap_seed-1.npz")
+    zm, zt = saved["z_music"], saved["z_lyrics"]
+    sim = (zm / np.linalg.norm(zm, axis=1, keepdims=True)) @ (zt / np.linalg.norm(zt, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(saved["similarity"], sim, atol=1e-5)
+    numbers = json.loads((exp / "alignment" / "alcap_seed-1.json").read_text())
+    better = (sim > np.diag(sim)[:, None]).sum(1)
+    assert numbers["recall@1"] == pytest.approx(float(np.mean(better == 0)), abs=1e-6)
+    assert numbers["chance_recall@1"] == pytest.approx(1 / len(sim))
+    assert png_size(exp / "alignment" / "alignment.png")[0] > 800
+    with pytest.raises(ValueError, match="lyrics-only"):
+        inspect_model(exp / "bart" / "seed-1" / "best")
+
+    assert main(["report", str(exp), "--title", "tiny experiment"]) == 0
+    report = (exp / "report.md").read_text()
+    for text in ("## Table 1: captioning", "## Table 2: text-to-music retrieval", "| alcap seed-2 |",
+                 "![fusion attention](attention.png)", "## Alignment head", "| alcap seed-1 |", "Sample captions"):
+        assert text in report, text
+    assert report.index("| bart seed-1 |") < report.index("| bart-fusion seed-1 |") < report.index("| alcap seed-1 |")

@@ -278,6 +278,38 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_attention(args) -> int:
+    from .figures import attention_figure, inspect_model
+
+    models = [inspect_model(m, split=args.split, songs=args.songs, song_ids=args.song_ids, layer=args.layer)
+              for m in args.checkpoints]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    attention_figure(models, args.out, max_tokens=args.max_tokens)
+    print(f"attention maps of {len(models)} model(s) x {len(models[0].song_ids)} song(s) "
+          f"({', '.join(models[0].song_ids)}): {args.out}")
+    return 0
+
+
+def cmd_alignment(args) -> int:
+    from .figures import alignment_diagnostics, alignment_figure, inspect_model, save_inspection
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for checkpoint in args.checkpoints:
+        inspected = inspect_model(checkpoint, split=args.split, songs=args.songs)
+        similarity, metrics = alignment_diagnostics(inspected)
+        save_inspection(inspected, similarity, metrics, out)
+        results.append((inspected, similarity, metrics))
+        print(f"{inspected.name}: music->lyrics over {metrics['songs']} songs: R@1 {metrics['recall@1']:.3f} "
+              f"(chance {metrics['chance_recall@1']:.3f}), R@5 {metrics['recall@5']:.3f}, "
+              f"mean rank {metrics['mean_rank']:.1f}, diagonal - off-diagonal similarity "
+              f"{metrics['diagonal_minus_off_diagonal']:+.3f}")
+    figure = alignment_figure(results, out / "alignment.png")
+    print(f"similarity heat maps: {figure}; numbers: {out}/*.json, arrays: {out}/*.npz")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_model
 
@@ -432,6 +464,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables-only", action="store_true", help="only redraw from finished runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("attention", help="draw fusion cross-attention maps (lyric tokens x music steps) to PNG",
+                       description="The paper's Figure 3: for N songs of a split, the fusion block's attention weights "
+                                   "(lyric tokens on the y axis, music time steps on the x axis), one row per model "
+                                   "(e.g. BART-fusion above ALCAP). Songs come from the manifest and embedding store "
+                                   "the models were trained with.")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="music model directories (one row each)")
+    p.add_argument("--songs", type=int, default=3, metavar="N", help="first N songs of the split (default: 3)")
+    p.add_argument("--song-ids", nargs="+", metavar="ID", help="these songs instead of the first N")
+    p.add_argument("--split", default="test", help="split the songs come from (default: test)")
+    p.add_argument("--layer", type=int, default=-1, help="which fusion layer, as a list index (default: -1, the last)")
+    p.add_argument("--max-tokens", type=int, default=40, metavar="N", help="lyric tokens shown (default: 40)")
+    p.add_argument("--out", default="attention.png", metavar="PNG", help="figure file (default: attention.png)")
+    p.set_defaults(func=cmd_attention)
+
+    p = sub.add_parser("alignment", help="music-lyrics similarity matrix of the alignment head and its retrieval accuracy",
+                       description="What the contrastive module learned: for a split's songs, the cosine similarity of "
+                                   "pooled music (z_m) and projected pooled lyrics (z_t) as a songs x songs heat map, "
+                                   "matching pairs on the diagonal, and the music->lyrics retrieval it implies "
+                                   "(recall@1/5/10, mean rank). Compare ALCAP with BART-fusion, whose head is untrained.")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="music model directories")
+    p.add_argument("--split", default="test", help="split (default: test)")
+    p.add_argument("--songs", type=int, metavar="N", help="only the first N songs (default: all)")
+    p.add_argument("--out", default="alignment", metavar="DIR",
+                   help="output folder: alignment.png, MODEL.json, MODEL.npz (default: alignment)")
+    p.set_defaults(func=cmd_alignment)
 
     p = sub.add_parser("evaluate", help="caption a split and score it (ROUGE-1/2/L, METEOR, retrieval P@k/R@k)",
                        description="Generate one caption per song of a split from the stored music embeddings, score it "

@@ -13,7 +13,8 @@ An experiment file is a run config (`base`) plus named methods, each a set of ov
 
 String values may use {output_dir} and {seed}, so a method can start from another method's
 model of the same seed (e.g. `model.backbone: "{output_dir}/bart/seed-{seed}/best"`); a method
-with `report: false` among its keys is trained and evaluated but kept out of the tables.
+with `report: false` among its keys is only trained (a stage others start from), not evaluated
+and not in the tables.
 Runs live in OUTPUT_DIR/METHOD/seed-SEED; a finished run (evaluated) is skipped, an unfinished
 one resumes. Tables go to OUTPUT_DIR/tables/.
 """
@@ -110,7 +111,10 @@ def run_experiment(experiment: Experiment, seeds: list[int], progress: bool = Tr
             for assignment in overrides or []:
                 apply_override(config, assignment)
             if not (run / "last").exists():  # train() resumes a killed run from its last state
+                logger.info("%s seed %d: training into %s", method, seed, run)
                 train(config, progress=progress)
+            if method not in experiment.reported_methods():
+                continue
             evaluate_model(run / "best", split=experiment.evaluate.split, progress=progress,
                            retrieval=experiment.evaluate.retrieval,
                            retrieval_model=experiment.evaluate.retrieval_model,

@@ -1,8 +1,10 @@
-"""`alcap report RUNS_DIR`: one Markdown page comparing the runs in a folder.
+"""`alcap report RUN_DIR`: one Markdown page comparing the runs in a folder.
 
-Reads only files the other commands wrote: each run's log.jsonl (loss curves) and
-best/eval-<split>/{metrics.json, predictions.jsonl}; writes report.md, metrics.json and
-loss_curves.png next to them.
+RUN_DIR is a folder of runs (RUN/best/eval-<split>/) or an experiment directory
+(METHOD/seed-S/best/eval-<split>/ plus tables/ from `alcap experiment`). Reads only files the
+other commands wrote: logs, evaluations, the experiment tables, and the figures of
+`alcap sweep` (sweep/), `alcap attention` (attention.png) and `alcap alignment` (alignment/)
+when they are there; writes report.md, metrics.json and loss_curves.png next to them.
 """
 
 from __future__ import annotations
@@ -15,9 +17,23 @@ METRIC_COLUMNS = (("rouge1_recall", "R-1"), ("rouge2_recall", "R-2"), ("rougeL_r
 
 
 def find_runs(runs_dir: Path, split: str) -> dict[str, Path]:
-    """Run folders (in name order) that have an evaluation of `split`."""
-    return {p.name: p for p in sorted(runs_dir.iterdir())
-            if p.is_dir() and (p / "best" / f"eval-{split}" / "metrics.json").exists()}
+    """Runs that have an evaluation of `split`: RUN/ or METHOD/seed-S/, in the experiment's
+    method order when its tables are there, else in name order."""
+    def evaluated(p: Path) -> bool:
+        return (p / "best" / f"eval-{split}" / "metrics.json").exists()
+
+    results = runs_dir / "tables" / "results.json"
+    order = list(json.loads(results.read_text())["methods"]) if results.exists() else []
+    folders = sorted((p for p in runs_dir.iterdir() if p.is_dir() and p.name not in ("tables", "sweep")),
+                     key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
+    runs: dict[str, Path] = {}
+    for folder in folders:
+        if evaluated(folder):
+            runs[folder.name] = folder
+        for seed_dir in sorted(folder.glob("seed-*")):
+            if evaluated(seed_dir):
+                runs[f"{folder.name} {seed_dir.name}"] = seed_dir
+    return runs
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -25,13 +41,17 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def plot_losses(runs: dict[str, Path], out: Path) -> None:
+    """Training curves of one run per method (the first seed), so the figure stays readable."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    first_seed: dict[str, tuple[str, Path]] = {}
     for name, run in runs.items():
+        first_seed.setdefault(name.split(" ")[0], (name, run))
+    for name, run in first_seed.values():
         log = read_jsonl(run / "log.jsonl")
         steps = [r for r in log if "train/caption_loss" in r]
         line, = axes[0].plot([r["step"] for r in steps], [r["train/caption_loss"] for r in steps], label=f"{name} train", lw=1)
@@ -64,13 +84,26 @@ def write_report(runs_dir: str | Path, split: str = "test", samples: int = 4, ca
     (runs_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     first = next(iter(metrics.values()))
-    lines = [f"# {title}", "", f"Split `{split}`: {first['songs']} songs, one caption per song, scored against all of "
+    lines = [f"# {title}", ""]
+    tables = runs_dir / "tables"
+    if (tables / "table1_captioning.md").exists():
+        lines += ["## Table 1: captioning", "", (tables / "table1_captioning.md").read_text(encoding="utf-8"),
+                  "## Table 2: text-to-music retrieval", "", (tables / "table2_retrieval.md").read_text(encoding="utf-8"),
+                  "(CSV and LaTeX versions in `tables/`.)", "", "## Every run", ""]
+    lines += [ f"Split `{split}`: {first['songs']} songs, one caption per song, scored against all of "
              f"its references. Decoding: `{json.dumps(first['generation'])}`. ROUGE columns are recall (as the paper "
              "reports), F1 beside.", "", "| model | " + " | ".join(h for _, h in METRIC_COLUMNS) + " |",
              "|---" * (len(METRIC_COLUMNS) + 1) + "|"]
     for name, m in metrics.items():
         cells = [f"{m[k]:.4f}" if m.get(k) is not None else "n/a" for k, _ in METRIC_COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if all("retrieval" in m for m in metrics.values()):
+        keys = [k for k in first["retrieval"] if "@" in k]
+        lines += ["", f"Text-to-music retrieval over the split (model: `{Path(first['retrieval']['retrieval_model']).name}`, "
+                  f"query seed {first['retrieval']['query_seed']}):", "",
+                  "| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for name, m in metrics.items():
+            lines.append(f"| {name} | " + " | ".join(f"{m['retrieval'][k]:.4f}" for k in keys) + " |")
     if any(m.get("meteor") is None for m in metrics.values()):
         lines += ["", f"METEOR unavailable: {next(m['meteor_unavailable'] for m in metrics.values() if m.get('meteor') is None)}"]
     if all("attribute_accuracy" in m for m in metrics.values()):
@@ -79,8 +112,13 @@ def write_report(runs_dir: str | Path, split: str = "test", samples: int = 4, ca
                   "| model | " + " | ".join(attrs) + " |", "|---" * (len(attrs) + 1) + "|"]
         for name, m in metrics.items():
             lines.append(f"| {name} | " + " | ".join(f"{m['attribute_accuracy'][a]:.0%}" for a in attrs) + " |")
-    lines += ["", "![loss curves](loss_curves.png)", "", "## Sample captions", ""]
-    names = list(predictions)
+    lines += ["", "![loss curves](loss_curves.png)", ""]
+    lines += _figures(runs_dir)
+    lines += ["## Sample captions", ""]
+    first_of_method: dict[str, str] = {}
+    for name in predictions:  # samples from the first seed of each method
+        first_of_method.setdefault(name.split(" ")[0], name)
+    names = list(first_of_method.values())
     for i in range(min(samples, len(predictions[names[0]]))):
         row = predictions[names[0]][i]
         lines += [f"**{row['song_id']}** — reference: {row['references'][0]}", ""]
@@ -91,3 +129,25 @@ def write_report(runs_dir: str | Path, split: str = "test", samples: int = 4, ca
     report = runs_dir / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report
+
+
+def _figures(runs_dir: Path) -> list[str]:
+    """Sections for the figures other commands left in the folder."""
+    lines = []
+    sweep = runs_dir / "sweep"
+    if (sweep / "sweep.csv").exists():
+        lines += ["## Alpha ablation (`alcap sweep`)", "", "![captioning vs alpha](sweep/sweep_captioning.png)", "",
+                  "![retrieval vs alpha](sweep/sweep_retrieval.png)", "", "Numbers: `sweep/sweep.csv`.", ""]
+    if (runs_dir / "attention.png").exists():
+        lines += ["## Fusion attention (`alcap attention`)", "", "![fusion attention](attention.png)", ""]
+    alignment = runs_dir / "alignment"
+    if (alignment / "alignment.png").exists():
+        lines += ["## Alignment head (`alcap alignment`)", "", "Music->lyrics retrieval from the alignment head's "
+                  "similarity matrix (chance R@1 = 1 / songs):", "", "| model | R@1 | R@5 | mean rank | chance R@1 |",
+                  "|---|---|---|---|---|"]
+        for path in sorted(alignment.glob("*.json")):
+            m = json.loads(path.read_text())
+            lines.append(f"| {m['model']} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['mean_rank']:.1f} | "
+                         f"{m['chance_recall@1']:.3f} |")
+        lines += ["", "![alignment similarity](alignment/alignment.png)", ""]
+    return lines

@@ -128,6 +128,13 @@ def test_every_shipped_config_loads():
 
     configs = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
     assert configs
+    from alcap.experiment import load_experiment
+
     for path in configs:
-        config = load_config(path)
-        assert config.model.backbone and config.data.manifest, path
+        if "methods" in path.read_text():  # an experiment file: check every method's run config
+            experiment = load_experiment(path)
+            runs = [experiment.run_config(m, 2020) for m in experiment.methods]
+        else:
+            runs = [load_config(path)]
+        for config in runs:
+            assert config.model.backbone and config.data.manifest, path

@@ -173,6 +173,17 @@ class AlcapModel(nn.Module):
             **generation_kwargs,
         )
 
+    @torch.no_grad()
+    def inspect(self, input_ids, attention_mask, music, music_mask=None) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """For figures and diagnostics: the fusion attention maps (one (B, L_t, L_m) per fusion
+        layer), and the alignment embeddings z_m (B, music_dim) and z_t (B, music_dim)."""
+        if not self.config.use_music:
+            raise ValueError("a lyrics-only model has no fusion attention and no alignment head")
+        music = self._prepare_music(music)
+        encoded = self.encode(input_ids, attention_mask, music, music_mask, need_weights=True)
+        z_m, z_t = self.alignment(encoded.align_states, attention_mask, music, music_mask)
+        return encoded.attentions, z_m, z_t
+
     # ------------------------------------------------------------------ persistence
 
     def save_pretrained(self, directory: str | Path) -> None:

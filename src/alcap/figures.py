@@ -1,0 +1,157 @@
+"""What the music side learned, drawn: fusion attention maps (the paper's Figure 3) and the
+music-lyrics alignment diagnostics (similarity matrix and the retrieval accuracy it implies)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import load_run_config
+from .data.dataset import pad_music
+from .data.manifest import read_manifest
+from .data.store import EmbeddingStore
+from .metrics.retrieval import cosine_similarity, retrieval_metrics
+from .model.captioner import AlcapModel
+
+
+@dataclass
+class Inspected:
+    name: str
+    song_ids: list[str]
+    tokens: list[list[str]]  # per song, the lyric tokens shown (specials dropped)
+    attentions: list[np.ndarray]  # per song, (tokens, music steps) of the chosen fusion layer
+    z_music: np.ndarray  # (songs, music_dim)
+    z_lyrics: np.ndarray  # (songs, music_dim)
+
+
+def model_name(model_dir: Path) -> str:
+    """runs/demo/alcap/best -> "alcap"; runs/x/alcap/seed-2020/best -> "alcap seed-2020"."""
+    parts = [p for p in model_dir.resolve().parts if p not in ("best", "last")]
+    return f"{parts[-2]} {parts[-1]}" if parts[-1].startswith("seed-") else parts[-1]
+
+
+def split_songs(manifest: str, split: str) -> list[tuple[str, str]]:
+    """(song_id, lyrics) of each song of a split, in manifest order."""
+    songs: dict[str, str] = {}
+    for row in read_manifest(manifest).split(split):
+        songs.setdefault(row.song_id, row.lyrics)
+    if not songs:
+        raise ValueError(f"no songs in split {split!r} of {manifest}")
+    return list(songs.items())
+
+
+@torch.no_grad()
+def inspect_model(model_dir: str | Path, split: str = "test", songs: int | None = None, song_ids: list[str] | None = None,
+                  layer: int = -1, batch_size: int = 32) -> Inspected:
+    """Run the encoder of a music model over a split's songs from its embedding store."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    run = load_run_config(model_dir)
+    model = AlcapModel.from_pretrained(model_dir)
+    if not model.config.use_music:
+        raise ValueError(f"{model_dir} is a lyrics-only model: it has no fusion attention or alignment head")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    store = EmbeddingStore.open(run.data.embeddings)
+    items = split_songs(run.data.manifest, split)
+    if song_ids:
+        lyrics_of = dict(items)
+        missing = [s for s in song_ids if s not in lyrics_of]
+        if missing:
+            raise ValueError(f"song(s) {', '.join(missing)} not in split {split!r} of {run.data.manifest}")
+        items = [(s, lyrics_of[s]) for s in song_ids]
+    items = items[:songs]
+    tokens, attentions, z_m, z_t = [], [], [], []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        enc = tokenizer([lyr for _, lyr in chunk], padding=True, truncation=True, max_length=run.data.max_lyrics_tokens,
+                        return_tensors="pt")
+        music, mask = pad_music([store.get(s) for s, _ in chunk])
+        maps, zm, zt = model.inspect(enc["input_ids"], enc["attention_mask"], music, mask)
+        z_m.append(zm.numpy())
+        z_t.append(zt.numpy())
+        chosen = maps[layer]
+        for i, ids in enumerate(enc["input_ids"]):
+            keep = [j for j, t in enumerate(ids.tolist()) if enc["attention_mask"][i, j] and t not in tokenizer.all_special_ids]
+            n_music = int(mask[i].sum())
+            tokens.append([_clean(t) for t in tokenizer.convert_ids_to_tokens(ids[keep].tolist())])
+            attentions.append(chosen[i][keep][:, :n_music].numpy())
+    return Inspected(model_name(model_dir), [s for s, _ in items], tokens, attentions,
+                     np.concatenate(z_m), np.concatenate(z_t))
+
+
+def _clean(token: str) -> str:
+    """Byte-level BPE marks a leading space with Ġ and a newline with Ċ."""
+    return token.replace("Ġ", " ").replace("Ċ", "\\n").strip() or "·"
+
+
+def attention_figure(models: list[Inspected], out: str | Path, max_tokens: int = 40) -> str:
+    """One row per model, one column per song: lyric tokens (y) x music time steps (x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_songs = len(models[0].song_ids)
+    fig, axes = plt.subplots(len(models), n_songs, figsize=(4.2 * n_songs, 0.16 * max_tokens * len(models) + 1.2),
+                             dpi=110, squeeze=False)
+    for r, inspected in enumerate(models):
+        for c in range(n_songs):
+            ax = axes[r][c]
+            weights = inspected.attentions[c][:max_tokens]
+            image = ax.imshow(weights, aspect="auto", cmap="viridis", interpolation="nearest")
+            ax.set_yticks(range(len(weights)))
+            ax.set_yticklabels(inspected.tokens[c][:max_tokens], fontsize=5)
+            ax.set_xlabel("music time step", fontsize=7)
+            ax.tick_params(axis="x", labelsize=6)
+            ax.set_title(f"{inspected.name} | {inspected.song_ids[c]}", fontsize=8)
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
+    fig.suptitle("fusion cross-attention: lyric tokens attending over music time steps", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return str(out)
+
+
+def alignment_diagnostics(inspected: Inspected) -> tuple[np.ndarray, dict]:
+    """The songs x songs cosine similarity of z_m (rows) and z_t (columns), and music->lyrics
+    retrieval over it (recall@k, mean rank, MRR; chance recall@1 is 1 / songs)."""
+    similarity = cosine_similarity(inspected.z_music, inspected.z_lyrics)
+    metrics = retrieval_metrics(similarity, ks=(1, 5, 10))
+    metrics["chance_recall@1"] = 1.0 / len(similarity)
+    metrics["diagonal_minus_off_diagonal"] = float(np.diag(similarity).mean() -
+                                                   similarity[~np.eye(len(similarity), dtype=bool)].mean())
+    return similarity, metrics
+
+
+def alignment_figure(results: list[tuple[Inspected, np.ndarray, dict]], out: str | Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.8), dpi=110, squeeze=False)
+    for ax, (inspected, similarity, metrics) in zip(axes[0], results):
+        image = ax.imshow(similarity, cmap="magma", interpolation="nearest")
+        ax.set_title(f"{inspected.name}: music->lyrics R@1 {metrics['recall@1']:.2f} "
+                     f"(chance {metrics['chance_recall@1']:.2f})", fontsize=8)
+        ax.set_xlabel("lyrics of song j (z_t)", fontsize=7)
+        ax.set_ylabel("music of song i (z_m)", fontsize=7)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+    fig.suptitle("alignment head: cosine similarity, matching pairs on the diagonal", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return str(out)
+
+
+def save_inspection(inspected: Inspected, similarity: np.ndarray, metrics: dict, out_dir: Path) -> None:
+    """The numbers behind the figures, for scripting: JSON metrics and an .npz of the arrays."""
+    stem = inspected.name.replace(" ", "_")
+    np.savez(out_dir / f"{stem}.npz", song_ids=np.array(inspected.song_ids), z_music=inspected.z_music,
+             z_lyrics=inspected.z_lyrics, similarity=similarity)
+    (out_dir / f"{stem}.json").write_text(json.dumps({"model": inspected.name, **metrics}, indent=2) + "\n")
