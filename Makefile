@@ -29,7 +29,8 @@ RUNS_DIR ?= runs/demo
 export HELD_OUT := import json, sys, os; m = sys.argv[1]; rows = [json.loads(l) for l in open(m)]; \
 	files = list(dict.fromkeys(os.path.join(os.path.dirname(m), r["audio"]) for r in rows if r["split"] == "test")); \
 	print(" ".join(files[: int(sys.argv[2])]))
-DEMO_MODELS := bart bart-fusion alcap
+DEMO_SEEDS ?= 2020
+DEMO_SEED := $(firstword $(DEMO_SEEDS))
 
 demo: $(STAMP)
 	$(BIN)/alcap data make-demo $(DEMO_DIR)/corpus
@@ -37,17 +38,19 @@ demo: $(STAMP)
 	$(BIN)/alcap embed $(DEMO_DIR)/corpus/manifest.jsonl --out $(EMBED_DIR) \
 		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--random-init 0)
 	$(BIN)/alcap store info $(EMBED_DIR)
-	@for m in $(DEMO_MODELS); do \
-		$(BIN)/alcap train configs/demo-$$m.yaml --output-dir $(RUNS_DIR)/$$m --set data.embeddings=$(EMBED_DIR) || exit 1; \
-		$(BIN)/alcap evaluate $(RUNS_DIR)/$$m/best --split test --quiet || exit 1; \
-	done
+	$(BIN)/alcap experiment configs/demo.yaml --seeds $(DEMO_SEEDS) --output-dir $(RUNS_DIR) --quiet \
+		$(if $(CHECKPOINT),--set data.embeddings=$(EMBED_DIR))
 	$(BIN)/alcap caption $$($(BIN)/python -c "$$HELD_OUT" $(DEMO_DIR)/corpus/manifest.jsonl 4) \
-		--model $(RUNS_DIR)/alcap/best --jsonl $(RUNS_DIR)/captions.jsonl
+		--model $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best --jsonl $(RUNS_DIR)/captions.jsonl
+	$(BIN)/alcap attention $(RUNS_DIR)/bart-fusion/seed-$(DEMO_SEED)/best $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best \
+		--songs 3 --out $(RUNS_DIR)/attention.png
+	$(BIN)/alcap alignment $(RUNS_DIR)/bart-fusion/seed-$(DEMO_SEED)/best $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best \
+		--out $(RUNS_DIR)/alignment
 	$(BIN)/alcap report $(RUNS_DIR) --captions $(RUNS_DIR)/captions.jsonl --title "alcap demo: BART vs BART-fusion vs ALCAP"
 	@echo
 	@echo "demo corpus:     $(DEMO_DIR)/corpus (manifest.jsonl, audio/, corpus.json)"
 	@echo "embedding store: $(EMBED_DIR)"
-	@echo "report:          $(RUNS_DIR)/report.md (metrics.json, loss_curves.png beside it)"
+	@echo "report:          $(RUNS_DIR)/report.md (tables/, metrics.json, loss_curves.png, attention.png, alignment/)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -621,6 +621,14 @@ def main(argv: list[str] | None = None) -> int:
     from .data.store import StoreError
 
     args = build_parser().parse_args(argv)
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("alcap: %(message)s"))
+    root = logging.getLogger("alcap")
+    if not root.handlers:
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
     try:
         return args.func(args)
     except (CheckpointError, ManifestError, StoreError, ValueError) as exc:

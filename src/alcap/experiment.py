@@ -115,6 +115,7 @@ def run_experiment(experiment: Experiment, seeds: list[int], progress: bool = Tr
                 train(config, progress=progress)
             if method not in experiment.reported_methods():
                 continue
+            logger.info("%s seed %d: evaluating %s", method, seed, run / "best")
             evaluate_model(run / "best", split=experiment.evaluate.split, progress=progress,
                            retrieval=experiment.evaluate.retrieval,
                            retrieval_model=experiment.evaluate.retrieval_model,

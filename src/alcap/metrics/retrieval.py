@@ -87,7 +87,9 @@ class SentenceEncoder:
 
     def __init__(self, model: str | None = None, device: str | None = None, batch_size: int = 64):
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # "Loading weights" bars on every evaluation are noise
         self.name = model or default_sentence_model()
         self.model = SentenceTransformer(self.name, device=device)
         self.batch_size = batch_size
