@@ -151,3 +151,24 @@ def test_attention_alignment_and_report_of_an_experiment(experiment, capsys):
                  "![fusion attention](attention.png)", "## Alignment head", "| alcap seed-1 |", "Sample captions"):
         assert text in report, text
     assert report.index("| bart seed-1 |") < report.index("| bart-fusion seed-1 |") < report.index("| alcap seed-1 |")
+
+
+def test_methods_can_start_from_a_stage_and_the_sweep_shares_it(tiny_corpus, tmp_path):
+    path = write_experiment(tiny_corpus, tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["methods"] = {"pretrain": {"report": False, "model.alcap.use_music": False, "data.embeddings": None},
+                       "alcap": {"model.backbone": "{output_dir}/pretrain/seed-{seed}/best"}}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert main(["sweep", str(path), "--alpha", "0", "0.5", "--seeds", "4", "--quiet"]) == 0
+    exp = tmp_path / "exp"
+    assert (exp / "pretrain" / "seed-4" / "best").is_dir() and not (exp / "sweep" / "pretrain").exists()
+    assert not (exp / "pretrain" / "seed-4" / "best" / "eval-test").exists()  # a stage is not evaluated
+    from alcap.config import load_run_config
+
+    run = load_run_config(exp / "sweep" / "alpha-0.5" / "seed-4" / "best")
+    assert run.model.backbone == str(exp / "pretrain" / "seed-4" / "best")
+    # The fine-tuned model started from the stage's weights: its tokenizer is the stage's.
+    assert (exp / "sweep" / "alpha-0.5" / "seed-4" / "tokenizer" / "tokenizer.json").read_text() == \
+        (exp / "pretrain" / "seed-4" / "best" / "tokenizer.json").read_text()
+    # (That the weights come from such a directory exactly is tests/model/test_backbone.py's job.)
+    assert not (exp / "tables").exists()  # the main experiment's tables are not touched by a sweep

@@ -265,13 +265,13 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .experiment import load_experiment, run_experiment, sweep_experiment, write_sweep, write_tables
+    from .experiment import load_experiment, run_all, sweep_experiment, write_sweep, write_tables
 
-    sweep = sweep_experiment(load_experiment(args.config, output_dir=args.output_dir), args.alpha, args.method)
-    if args.tables_only:
-        result = write_tables(sweep, args.seeds)
-    else:
-        result = run_experiment(sweep, args.seeds, progress=not args.quiet, overrides=args.set)
+    stages, sweep = sweep_experiment(load_experiment(args.config, output_dir=args.output_dir), args.alpha, args.method)
+    if not args.tables_only:
+        run_all(stages, args.seeds, progress=not args.quiet, overrides=args.set)
+        run_all(sweep, args.seeds, progress=not args.quiet, overrides=args.set)
+    result = write_tables(sweep, args.seeds)
     written = write_sweep(sweep, args.alpha, result["methods"])
     print((Path(result["tables_dir"]) / "table1_captioning.md").read_text(encoding="utf-8"))
     print(f"sweep: {written['csv']}; figures: {', '.join(written['figures'])}")

@@ -97,6 +97,12 @@ def load_experiment(path: str | Path, output_dir: str | None = None) -> Experime
 def run_experiment(experiment: Experiment, seeds: list[int], progress: bool = True,
                    overrides: list[str] | None = None) -> dict:
     """Train and evaluate what is missing, then write the tables; returns the aggregate."""
+    run_all(experiment, seeds, progress, overrides)
+    return write_tables(experiment, seeds)
+
+
+def run_all(experiment: Experiment, seeds: list[int], progress: bool = True, overrides: list[str] | None = None) -> None:
+    """Train every method x seed that is not finished and evaluate the reported ones."""
     from .evaluate import evaluate_model
     from .train.loop import train
 
@@ -120,7 +126,6 @@ def run_experiment(experiment: Experiment, seeds: list[int], progress: bool = Tr
                            retrieval=experiment.evaluate.retrieval,
                            retrieval_model=experiment.evaluate.retrieval_model,
                            query_seed=experiment.evaluate.query_seed)
-    return write_tables(experiment, seeds)
 
 
 def collect(experiment: Experiment, seeds: list[int]) -> dict[str, list[dict]]:
@@ -227,16 +232,22 @@ def alpha_label(alpha: float) -> str:
     return f"alpha-{alpha:g}"
 
 
-def sweep_experiment(experiment: Experiment, alphas: list[float], method: str = "alcap") -> Experiment:
-    """The experiment's `method` once per alpha (alpha 0 is BART-fusion), in OUTPUT_DIR/sweep."""
+def sweep_experiment(experiment: Experiment, alphas: list[float], method: str = "alcap") -> tuple[Experiment, Experiment]:
+    """(stages, sweep): the experiment's `method` once per alpha (alpha 0 is BART-fusion) in
+    OUTPUT_DIR/sweep, and the experiment's unreported stages (e.g. a text model the methods
+    start from), which stay in OUTPUT_DIR and are shared with the main runs."""
     if method not in experiment.methods:
         raise ValueError(f"unknown method {method!r}; this experiment has {', '.join(experiment.methods)}")
     if any(a < 0 for a in alphas) or len(set(alphas)) != len(alphas):
         raise ValueError(f"alphas must be distinct and non-negative, got {alphas}")
-    base = {k: v for k, v in experiment.methods[method].items() if k != "report"}
+    parent = str(experiment.output_dir)
+    base = {k: v.replace("{output_dir}", parent) if isinstance(v, str) else v
+            for k, v in experiment.methods[method].items() if k != "report"}
     methods = {alpha_label(a): {**base, "model.alcap.alpha": float(a)} for a in sorted(alphas)}
-    return Experiment(f"{experiment.name} alpha sweep", experiment.output_dir / "sweep", experiment.base, methods,
-                      experiment.evaluate)
+    stages = {m: o for m, o in experiment.methods.items() if m not in experiment.reported_methods()}
+    return (Experiment(experiment.name, experiment.output_dir, experiment.base, stages, experiment.evaluate),
+            Experiment(f"{experiment.name} alpha sweep", experiment.output_dir / "sweep", experiment.base, methods,
+                       experiment.evaluate))
 
 
 def write_sweep(sweep: Experiment, alphas: list[float], table: dict) -> dict:
