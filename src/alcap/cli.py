@@ -629,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     if not root.handlers:
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+        root.propagate = False  # a library's basicConfig would print every line twice
     try:
         return args.func(args)
     except (CheckpointError, ManifestError, StoreError, ValueError) as exc:
