@@ -52,6 +52,39 @@ def info_nce(
     return loss
 
 
+def gather_across_processes(music_emb: torch.Tensor, lyrics_emb: torch.Tensor, song_ids: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Every process's rows of a contrastive batch, in rank order, so negatives come from the
+    global batch (as open_clip's ClipLoss gathers them). Other processes' rows arrive without
+    gradient; this process's rows are the local tensors themselves, so gradients reach exactly
+    the local embeddings. Song ids travel too, so same-song rows on different processes are
+    not negatives. Local batch sizes may differ. Returns (music, lyrics, ids, world size);
+    without torch.distributed (or with one process) the inputs come back unchanged.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return music_emb, lyrics_emb, song_ids, 1
+    world, rank = dist.get_world_size(), dist.get_rank()
+    n = torch.tensor([music_emb.shape[0]], device=music_emb.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    longest = max(sizes)
+
+    def gather(local: torch.Tensor) -> list[torch.Tensor]:
+        padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=local.device)
+        padded[: local.shape[0]] = local.detach()
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        parts = [part[:size] for part, size in zip(parts, sizes)]
+        parts[rank] = local  # keeps the autograd graph for this process's rows
+        return parts
+
+    ids = song_ids.to(music_emb.device)
+    return torch.cat(gather(music_emb)), torch.cat(gather(lyrics_emb)), torch.cat(gather(ids)), world
+
+
 def masked_mean(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean over the sequence of (B, L, D), counting only positions where mask is 1."""
     if mask is None:

@@ -18,7 +18,7 @@ from transformers import BartConfig, BartForConditionalGeneration
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
 
-from .alignment import AlignmentHead, info_nce
+from .alignment import AlignmentHead, gather_across_processes, info_nce, song_index
 from .fusion import FusionBlock
 
 CONFIG_FILE, WEIGHTS_FILE = "alcap_config.json", "model.safetensors"
@@ -151,15 +151,25 @@ class AlcapModel(nn.Module):
         contrast_loss = z_m = z_t = None
         if self.config.use_music and music is not None:
             z_m, z_t = self.alignment(encoded.align_states, attention_mask, music, music_mask)
-            if self.config.alpha > 0:
-                contrast_loss = info_nce(z_m, z_t, song_ids, self.config.temperature, self.config.symmetric)
-            else:  # logged only: BART-fusion does not train the alignment head
-                with torch.no_grad():
-                    contrast_loss = info_nce(z_m, z_t, song_ids, self.config.temperature, self.config.symmetric)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.alpha > 0):
+                contrast_loss = self._contrast(z_m, z_t, song_ids)  # with alpha 0 only logged (BART-fusion)
         loss = caption_loss
         if loss is not None and contrast_loss is not None and self.config.alpha > 0:
             loss = loss + self.config.alpha * contrast_loss
         return AlcapOutput(loss, caption_loss, contrast_loss, out.logits, z_m, z_t, encoded.attentions)
+
+    def _contrast(self, z_m: torch.Tensor, z_t: torch.Tensor, song_ids) -> torch.Tensor:
+        """InfoNCE over the global batch: under several processes the embeddings of all of them
+        are gathered. Each process then holds the same global loss L but back-propagates only
+        into its own rows, and data-parallel training averages gradients over the W processes;
+        the gradient is therefore scaled by W (the value is not), so the update equals a single
+        process's on the whole batch."""
+        ids = song_index(song_ids, z_m.shape[0], z_m.device)
+        z_m, z_t, ids, world = gather_across_processes(z_m, z_t, ids)
+        loss = info_nce(z_m, z_t, ids, self.config.temperature, self.config.symmetric)
+        if world > 1 and loss.requires_grad:
+            loss = loss * world - loss.detach() * (world - 1)
+        return loss
 
     # ------------------------------------------------------------------ inference
 
