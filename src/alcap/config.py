@@ -61,6 +61,9 @@ class TrainConfig:
     grad_accum_steps: int = 1
     optimizer: str = "adafactor"  # adafactor (the original's settings) or adamw
     lr: float = 5e-5
+    # LR of the fusion and alignment parameters when it should differ from the backbone's
+    # (None: the same). New, randomly initialised modules on a pretrained backbone often want more.
+    new_modules_lr: float | None = None
     weight_decay: float = 0.0
     lr_step_epochs: int = 10  # StepLR: multiply the LR by lr_gamma every lr_step_epochs epochs
     lr_gamma: float = 0.1

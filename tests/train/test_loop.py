@@ -138,3 +138,20 @@ def test_every_shipped_config_loads():
             runs = [load_config(path)]
         for config in runs:
             assert config.model.backbone and config.data.manifest, path
+
+
+def test_new_modules_can_have_their_own_learning_rate():
+    from transformers import BartForConditionalGeneration
+
+    from alcap.config import TrainConfig
+    from alcap.model.captioner import AlcapConfig, bart_config
+    from alcap.train.loop import build_optimizer
+
+    model = AlcapModel(AlcapConfig(fusion_layers=[1, 2]), BartForConditionalGeneration(bart_config("tiny", 100)))
+    backbone, new = build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-4, new_modules_lr=2e-3)).param_groups
+    assert (backbone["lr"], new["lr"]) == (1e-4, 2e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)].split(".")[0] for p in new["params"]} == {"fusion", "alignment"}
+    assert len(backbone["params"]) + len(new["params"]) == len(list(model.parameters()))
+    groups = build_optimizer(model, TrainConfig(optimizer="adafactor", lr=5e-5)).param_groups
+    assert [g["lr"] for g in groups] == [5e-5, 5e-5]

@@ -65,15 +65,24 @@ def step_lr_factor(step: int, steps_per_epoch: int, step_epochs: int, gamma: flo
     return warmup * gamma ** ((step // max(1, steps_per_epoch)) // max(1, step_epochs))
 
 
+NEW_MODULES = ("fusion.", "alignment.")  # what ALCAP adds to BART, randomly initialised
+
+
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Adafactor (the original's settings) or AdamW; with `train.new_modules_lr` the fusion and
+    alignment parameters get their own LR (LambdaLR scales both groups alike)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    new = [p for n, p in named if n.startswith(NEW_MODULES)]
+    groups = [{"params": [p for n, p in named if not n.startswith(NEW_MODULES)], "lr": cfg.lr}]
+    if new:
+        groups.append({"params": new, "lr": cfg.new_modules_lr if cfg.new_modules_lr is not None else cfg.lr})
     if cfg.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
         # The original's settings: fixed LR, no relative step, no warm-up init, no weight decay.
-        return Adafactor(params, lr=cfg.lr, relative_step=False, warmup_init=False, weight_decay=cfg.weight_decay)
+        return Adafactor(groups, lr=cfg.lr, relative_step=False, warmup_init=False, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adafactor or adamw")
 
 
