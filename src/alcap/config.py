@@ -42,6 +42,7 @@ class GenerationConfig:
     do_sample: bool = False
     top_p: float | None = None  # the original: num_beams 4, do_sample true, top_p 0.92
     max_new_tokens: int = 128
+    min_new_tokens: int | None = None  # e.g. equal to max_new_tokens for fixed-length benchmarks
     no_repeat_ngram_size: int = 0
     batch_size: int = 16
 
@@ -49,6 +50,8 @@ class GenerationConfig:
         out = {"num_beams": self.num_beams, "do_sample": self.do_sample, "max_new_tokens": self.max_new_tokens}
         if self.top_p is not None:
             out["top_p"] = self.top_p
+        if self.min_new_tokens is not None:
+            out["min_new_tokens"] = self.min_new_tokens
         if self.no_repeat_ngram_size:
             out["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         return out

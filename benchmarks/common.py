@@ -1,0 +1,33 @@
+"""Shared bits of the benchmarks: timing, the machine, and the result line every script ends with."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import torch
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def best_of(fn, repeats: int) -> float:
+    """Fastest of `repeats` timed calls (seconds): the least disturbed by a noisy machine."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def report(name: str, ours: float, baseline: float, unit: str, summary: str, **extra) -> None:
+    """The one-line summary, then the JSON line (always the last line of the output)."""
+    print(summary)
+    print(json.dumps({"name": name, "ours": round(ours, 4), "baseline": round(baseline, 4), "unit": unit,
+                      "ratio": round(ours / baseline, 3), "machine": machine(), **extra}))

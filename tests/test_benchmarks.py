@@ -1,0 +1,25 @@
+"""Every benchmark ends with one JSON line holding name, ours, baseline, unit and ratio."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("script, args", [
+    ("generate_throughput.py", ["--quick", "--preset", "tiny", "--songs", "3", "--tokens", "4", "--batch-size", "3"]),
+    ("embed_throughput.py", ["--quick", "--songs", "3"]),
+])
+def test_benchmark_prints_a_ratio_line(script, args):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert {"name", "ours", "baseline", "unit", "ratio"} <= set(result)
+    assert result["ours"] > 0 and result["baseline"] > 0
+    assert result["ratio"] == pytest.approx(result["ours"] / result["baseline"], rel=0.01)
+    assert result["name"] == script.removesuffix(".py") and "x" in lines[-2]
