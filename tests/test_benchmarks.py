@@ -13,6 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize("script, args", [
     ("generate_throughput.py", ["--quick", "--preset", "tiny", "--songs", "3", "--tokens", "4", "--batch-size", "3"]),
     ("embed_throughput.py", ["--quick", "--songs", "3"]),
+    ("train_throughput.py", ["--quick", "--preset", "tiny", "--steps", "1", "--batch-size", "4"]),
 ])
 def test_benchmark_prints_a_ratio_line(script, args):
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600)

@@ -25,6 +25,9 @@ class DataConfig:
     max_lyrics_tokens: int = 512
     max_caption_tokens: int = 512
     num_workers: int = 0
+    # Batch rows of similar length together (shuffled groups of batches), so that dynamic padding
+    # wastes little; off: plain random batches, as the original.
+    length_grouping: bool = True
 
 
 @dataclass

@@ -51,3 +51,25 @@ def test_collator_pads_to_the_batch_and_masks_labels(store):
 def test_pad_music():
     music, mask = pad_music([np.ones((2, 3), np.float16), np.ones((4, 3), np.float16)])
     assert music.shape == (2, 4, 3) and mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]] and music[0, 2:].abs().sum() == 0
+
+
+def test_length_grouped_batches_are_full_similar_and_cover_every_row():
+    from alcap.data.dataset import LengthGroupedSampler
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 2000, size=203).tolist()
+    sampler = LengthGroupedSampler(lengths, batch_size=8, seed=3, group_batches=5)
+    order = list(sampler)
+    assert sorted(order) == list(range(203)) and len(sampler) == 203
+    batches = [order[i:i + 8] for i in range(0, 203, 8)]
+    assert all(len(b) == 8 for b in batches[:-1]) and len(batches[-1]) == 203 % 8
+    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in batches[:-1]])
+    random_spread = np.mean([np.ptp(rng.choice(lengths, 8)) for _ in range(200)])
+    assert spread < random_spread / 3  # rows of a batch have similar lengths
+    # Same (seed, epoch) -> same order; another epoch -> another order.
+    assert list(LengthGroupedSampler(lengths, 8, seed=3, group_batches=5)) == order
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    # Batches are shuffled, not sorted from longest to shortest.
+    means = [np.mean([lengths[i] for i in b]) for b in batches[:-1]]
+    assert means != sorted(means, reverse=True) and means != sorted(means)

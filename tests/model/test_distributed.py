@@ -1,7 +1,11 @@
 """Two CPU processes (gloo) with DDP give the loss and gradients of one process on the whole batch:
 the contrastive loss gathers every process's embeddings, same-song rows across processes included."""
 
+import datetime
 import socket
+import time
+
+import pytest
 
 import torch
 import torch.distributed as dist
@@ -31,7 +35,9 @@ def global_batch() -> dict:
 
 
 def _worker(rank: int, port: int, state: dict, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    # A timeout turns a stuck collective into a failure instead of a hung test run.
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=120))
     try:
         model = tiny_model()
         model.load_state_dict(state)
@@ -49,6 +55,10 @@ def _worker(rank: int, port: int, state: dict, out: str) -> None:
         m, t, ids, world = gather_across_processes(local["music"][:keep, 0], local["music"][:keep, 1],
                                                    local["song_ids"][:keep])
         assert world == 2 and m.shape == (4, 256) and ids.tolist() == [10, 11, 12, 10]
+        # DDP's reducer must go before its process group: freed afterwards (when this frame
+        # ends) it could wait forever on a gloo thread (seen 1 run in 3 before this line).
+        del ddp, output
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -63,7 +73,13 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     model = tiny_model()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(free_port(), state, str(out)), nprocs=WORLD, join=True)
+    context = mp.spawn(_worker, args=(free_port(), state, str(out)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=5):  # raises if a process failed
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2-process run did not finish within 240 s")
     got = torch.load(out)
 
     batch = global_batch()

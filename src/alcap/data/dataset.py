@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from .manifest import ManifestRow
 from .store import EmbeddingStore
@@ -39,6 +39,10 @@ class CaptionDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def text_lengths(self) -> list[int]:
+        """Characters of lyrics + caption per row: proportional to the padded work, no tokenising."""
+        return [len(r.lyrics) + len(r.caption) for r in self.rows]
 
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
@@ -77,3 +81,41 @@ def pad_music(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         out[i, : len(a)] = a
         mask[i, : len(a)] = 1
     return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Random batches of rows of similar length, so dynamic padding pads little.
+
+    Each epoch: shuffle all rows, cut them into groups of `batch_size * group_batches`, sort
+    each group by length, cut it into batches, and shuffle the order of all batches (the one
+    short batch, if any, goes last so every other batch stays full). The order depends only on
+    (seed, epoch): `set_epoch` is called by the trainer, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, group_batches: int = 50):
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.seed, self.group_batches = batch_size, seed, group_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        group = self.batch_size * self.group_batches
+        batches = []
+        for start in range(0, len(order), group):
+            chunk = order[start:start + group]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        short = [b for b in batches if len(b) < self.batch_size]
+        full = [b for b in batches if len(b) == self.batch_size]
+        return [full[i] for i in rng.permutation(len(full))] + short
+
+    def __iter__(self):
+        for batch in self.batches():
+            yield from batch.tolist()
+
+    def __len__(self) -> int:
+        return len(self.lengths)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import RUN_CONFIG_FILE, RunConfig, load_config, save_config
-from ..data.dataset import CaptionCollator, CaptionDataset
+from ..data.dataset import CaptionCollator, CaptionDataset, LengthGroupedSampler
 from ..data.manifest import read_manifest
 from ..audio.decode import Excerpt
 from ..data.store import EmbeddingStore
@@ -139,8 +139,10 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     collate = CaptionCollator(tokenizer, config.data.max_lyrics_tokens, config.data.max_caption_tokens)
     # Loaders get generators of their own: starting an iterator must not draw from the global
     # RNG, or a resumed run would see other dropout masks than an uninterrupted one.
-    train_loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, collate_fn=collate,
-                              num_workers=config.data.num_workers, generator=torch.Generator().manual_seed(tc.seed))
+    order = {"sampler": LengthGroupedSampler(train_set.text_lengths(), tc.batch_size * accelerator.num_processes,
+                                             tc.seed)} if config.data.length_grouping else {"shuffle": True}
+    train_loader = DataLoader(train_set, batch_size=tc.batch_size, collate_fn=collate, num_workers=config.data.num_workers,
+                              generator=torch.Generator().manual_seed(tc.seed), **order)
     val_loader = DataLoader(val_set, batch_size=tc.batch_size, shuffle=False, collate_fn=collate,
                             num_workers=config.data.num_workers, generator=torch.Generator().manual_seed(tc.seed))
     optimizer = build_optimizer(model, tc)
