@@ -85,6 +85,35 @@ def test_embed_only_some_splits(capsys, small_demo, tmp_path):
     assert json.loads(out)["songs"] == len({r["song_id"] for r in rows if r["split"] == "train"})
 
 
+def test_sharded_embedding_merges_to_the_single_run_store(capsys, small_demo, tmp_path, cnnsa_checkpoint):
+    manifest = small_demo / "manifest.jsonl"
+    common = ["--random-init", "0", "--quiet", "--excerpt-seconds", "1", "--workers", "0", "--json"]
+    code, out, _ = run(capsys, "embed", manifest, "--out", tmp_path / "whole", *common)
+    assert code == 0
+    shard_songs = []
+    for k in range(3):
+        code, out, _ = run(capsys, "embed", manifest, "--out", tmp_path / f"shard{k}", "--shard", f"{k}/3", *common)
+        assert code == 0
+        shard_songs.append(set(EmbeddingStore.open(tmp_path / f"shard{k}")))
+    assert [len(s) for s in shard_songs] == [2, 2, 2] and len(set.union(*shard_songs)) == 6  # disjoint, complete
+    code, out, _ = run(capsys, "store", "merge", tmp_path / "merged", *(tmp_path / f"shard{k}" for k in range(3)), "--json")
+    assert code == 0 and json.loads(out)["copied"] == 6 and json.loads(out)["songs"] == 6
+    whole, merged = EmbeddingStore.open(tmp_path / "whole"), EmbeddingStore.open(tmp_path / "merged")
+    assert set(merged) == set(whole)
+    for song_id in whole:
+        np.testing.assert_array_equal(merged[song_id], whole[song_id])
+        assert merged.entry(song_id).duration == whole.entry(song_id).duration
+    code, out, _ = run(capsys, "store", "merge", tmp_path / "merged", tmp_path / "shard0", tmp_path / "whole")
+    assert code == 0 and "0 copied, 6 already there, 2 duplicates skipped" in out  # merging again is a no-op
+    code, _, err = run(capsys, "embed", manifest, "--out", tmp_path / "x", "--shard", "3/3", *common)
+    assert code == 2 and "shards are numbered 0..N-1" in err
+    other = tmp_path / "other"
+    run(capsys, "embed", manifest, "--out", other, "--checkpoint", cnnsa_checkpoint, "--quiet", "--excerpt-seconds", "1",
+        "--workers", "0")
+    code, _, err = run(capsys, "store", "merge", tmp_path / "m2", tmp_path / "shard0", other)
+    assert code == 2 and "cannot be merged" in err and "weights_sha256" in err
+
+
 def test_validate_exit_codes_and_json(capsys, small_demo, tmp_path):
     report_path = tmp_path / "report.json"
     code, out, _ = run(capsys, "data", "validate", small_demo / "manifest.jsonl", "--json", report_path, "--quiet")

@@ -94,6 +94,11 @@ def cmd_embed(args) -> int:
     songs: dict[str, str] = {}
     for row in rows:
         songs.setdefault(row.song_id, row.audio)
+    if args.shard:
+        from .data.embed import shard_of
+
+        shard, num_shards = _parse_shard(args.shard)
+        songs = {sid: songs[sid] for sid in shard_of(songs, shard, num_shards)}
     if manifest.issues:
         print(f"note: {len(manifest.issues)} manifest rows could not be read; `alcap data validate {args.manifest}` lists them",
               file=sys.stderr)
@@ -123,6 +128,27 @@ def cmd_embed(args) -> int:
         print(f"store {args.out}: {stats['songs']} songs, {stats['bytes_per_song'] / 1024:.1f} KiB per song "
               f"(L_m {stats['min_length']}..{stats['max_length']} x {stats['dim']} float16)")
     return 0 if len(store) else 1
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        shard, num_shards = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected K/N, e.g. 0/4 for the first of four shards") from None
+    return shard, num_shards
+
+
+def cmd_store_merge(args) -> int:
+    from .data.store import merge_stores
+
+    summary = merge_stores(args.out, args.sources)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"merged {len(args.sources)} stores into {args.out}: {summary['songs']} songs "
+              f"({summary['copied']} copied, {summary['already_in_output']} already there, "
+              f"{summary['duplicates']} duplicates skipped, {summary['failures']} failures carried over)")
+    return 0
 
 
 # ----------------------------------------------------------------------------- data
@@ -413,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", nargs="+", metavar="NAME", help="embed only songs of these splits (default: all rows)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="songs per encoder call (default: 16)")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="decoding worker processes; 0 decodes in the main process (default: 2)")
+    p.add_argument("--shard", metavar="K/N",
+                   help="embed only shard K (0-based) of N: every N-th song in sorted id order. Run the N shards on "
+                        "different machines or processes, each into its own --out, then join them with "
+                        "`alcap store merge`")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _excerpt_args(p)
@@ -606,12 +636,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=2020, help="seed of the random split (default: 2020)")
     p.set_defaults(func=cmd_import_table)
 
-    store = sub.add_parser("store", help="inspect an embedding store",
-                           description="Inspect embedding stores.").add_subparsers(dest="store_command", metavar="COMMAND", required=True)
+    store = sub.add_parser("store", help="inspect or merge embedding stores",
+                           description="Inspect and merge embedding stores.").add_subparsers(dest="store_command", metavar="COMMAND", required=True)
     p = store.add_parser("info", help="what a store holds and how it was built")
     p.add_argument("store", metavar="DIR", help="embedding store directory")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=cmd_store_info)
+    p = store.add_parser("merge", help="join stores built the same way (e.g. the shards of `alcap embed --shard`)",
+                         description="Copy the songs of SOURCE stores into OUT (created, or added to if it exists). "
+                                     "The sources must have been built with the same encoder weights, sample rate "
+                                     "and excerpt rule; a song in several sources is taken from the first. Songs "
+                                     "that failed everywhere keep their failure records.")
+    p.add_argument("out", metavar="OUT", help="the merged store directory")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="store directories to copy from")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=cmd_store_merge)
     return parser
 
 

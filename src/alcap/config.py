@@ -91,6 +91,11 @@ class TrainConfig:
     early_stop_patience: int | None = None  # evaluations without improvement before stopping
     seed: int = 2020
     mixed_precision: str = "no"  # no, bf16, fp16 (GPU)
+    # torch.compile the model (through Accelerate) with dynamic shapes, so dynamic padding does
+    # not recompile every batch. Pays off on GPU over long runs; the first steps are slow.
+    compile: bool = False
+    compile_backend: str = "inductor"  # any torch.compile backend (e.g. aot_eager to debug)
+    compile_mode: str | None = None  # None, reduce-overhead, max-autotune
     log_every_steps: int = 10
     keep_last_states: int = 2
     save_every_steps: int | None = None  # resume states also every N optimiser steps (always at epoch ends)

@@ -155,3 +155,38 @@ def test_new_modules_can_have_their_own_learning_rate():
     assert len(backbone["params"]) + len(new["params"]) == len(list(model.parameters()))
     groups = build_optimizer(model, TrainConfig(optimizer="adafactor", lr=5e-5)).param_groups
     assert [g["lr"] for g in groups] == [5e-5, 5e-5]
+
+
+def test_compiled_training_matches_eager_and_saves_plain_weights(tiny_corpus, tmp_path):
+    sets = {"train.max_steps": 3, "train.epochs": 1, "train.eval_generate": "false"}
+    train(tiny_config(tiny_corpus, tmp_path / "eager", **sets), progress=False)
+    # aot_eager runs the whole torch.compile path (Dynamo graph capture, AOT autograd) without a C++ build.
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    train(tiny_config(tiny_corpus, tmp_path / "compiled", **sets, **{"train.compile": "true",
+                                                                      "train.compile_backend": "aot_eager"}),
+          progress=False)
+    assert counters["stats"]["unique_graphs"] >= 1  # the model really went through Dynamo
+    losses = {}
+    for name in ("eager", "compiled"):
+        records = map(json.loads, (tmp_path / name / "log.jsonl").read_text().splitlines())
+        losses[name] = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses["eager"]) == 3
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+    weights = load_file(tmp_path / "compiled" / "last" / "model.safetensors")
+    assert not any("_orig_mod" in key for key in weights)
+    assert AlcapModel.from_pretrained(tmp_path / "compiled" / "last").config.alpha == 0.02
+
+
+def test_each_run_in_one_process_gets_its_own_accelerate_settings(tiny_corpus, tmp_path):
+    # `alcap experiment` trains many models in one process; Accelerate keeps process-wide state,
+    # which must neither refuse nor silently ignore the next run's precision, compilation, accumulation.
+    sets = {"train.epochs": 1, "train.eval_generate": "false"}
+    per_epoch = batches_per_epoch(tiny_corpus)
+    assert train(tiny_config(tiny_corpus, tmp_path / "a", **sets), progress=False)["global_step"] == per_epoch
+    summary = train(tiny_config(tiny_corpus, tmp_path / "b", **sets, **{"train.grad_accum_steps": 2,
+                                                                          "train.mixed_precision": "bf16"}), progress=False)
+    assert summary["global_step"] == math.ceil(per_epoch / 2)
+    records = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["train/loss"]) for r in records if "train/loss" in r)

@@ -61,6 +61,15 @@ class _SongAudio(Dataset):
             return song_id, path, None, f"unexpected {type(exc).__name__}: {exc}"
 
 
+def shard_of(song_ids, shard: int, num_shards: int) -> list[str]:
+    """The songs of shard `shard` (0-based) of `num_shards`: every num_shards-th id in sorted
+    order, so shards are disjoint, cover every song and differ in size by at most one, on
+    any machine that reads the same manifest."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard} of {num_shards} does not exist: shards are numbered 0..N-1 (e.g. --shard 0/4)")
+    return sorted(set(map(str, song_ids)))[shard::num_shards]
+
+
 def _quiet_worker(_: int) -> None:
     torch.set_num_threads(1)  # decoding workers must not compete with the encoder's threads
 

@@ -279,6 +279,54 @@ class EmbeddingWriter:
         self.close()
 
 
+def merge_stores(out_dir: str | Path, sources: list[str | Path], batch_songs: int = 256) -> dict:
+    """Copy the songs of several stores built the same way (e.g. `alcap embed --shard K/N`
+    run on different machines) into one store, resumable like `alcap embed`.
+
+    Songs already in the output are kept; a song held by several sources comes from the
+    first. Failures are carried over for songs that no source could embed.
+    """
+    stores = [EmbeddingStore.open(s) for s in sources]
+    if not stores:
+        raise StoreError("nothing to merge: give at least one source store")
+    first = stores[0]
+    for other in stores[1:]:
+        diffs = nested_differences({k: first.meta.get(k) for k in IDENTITY_FIELDS},
+                                   {k: other.meta.get(k) for k in IDENTITY_FIELDS})
+        if diffs:
+            detail = "; ".join(f"{k}: {first.root} has {a!r}, {other.root} has {b!r}" for k, a, b in diffs)
+            raise StoreMismatchError(f"{other.root} was built with other settings than {first.root} and cannot be "
+                                     f"merged with it ({detail})")
+    summary = {"out": str(out_dir), "sources": [str(s.root) for s in stores], "copied": 0, "already_in_output": 0,
+               "duplicates": 0, "failures": 0}
+    with EmbeddingWriter.open(out_dir, first.meta) as writer:
+        seen: set[str] = set()
+        for store in stores:
+            pending = []
+            for song_id in store:
+                if song_id in seen:
+                    summary["duplicates"] += 1
+                    continue
+                seen.add(song_id)
+                if song_id in writer:
+                    summary["already_in_output"] += 1
+                    continue
+                pending.append(song_id)
+            for start in range(0, len(pending), batch_songs):
+                chunk = pending[start:start + batch_songs]
+                writer.add_batch([(StoreEntry(**{**asdict(store.entry(sid)), "offset": 0, "length": 0}), store[sid])
+                                  for sid in chunk])
+                summary["copied"] += len(chunk)
+        for store in stores:
+            for failure in store.failures():
+                if failure["id"] not in seen and failure["id"] not in writer:
+                    writer.add_failure(failure["id"], failure.get("audio", ""), failure.get("reason", ""))
+                    seen.add(failure["id"])
+                    summary["failures"] += 1
+        summary["songs"] = len(writer.entries)
+    return summary
+
+
 def _sync(handle) -> None:
     handle.flush()
     os.fsync(handle.fileno())

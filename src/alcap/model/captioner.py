@@ -151,8 +151,11 @@ class AlcapModel(nn.Module):
         contrast_loss = z_m = z_t = None
         if self.config.use_music and music is not None:
             z_m, z_t = self.alignment(encoded.align_states, attention_mask, music, music_mask)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.alpha > 0):
-                contrast_loss = self._contrast(z_m, z_t, song_ids)  # with alpha 0 only logged (BART-fusion)
+            if self.config.alpha > 0:
+                contrast_loss = self._contrast(z_m, z_t, song_ids)
+            else:  # BART-fusion: only logged (a plain `if`, which torch.compile can trace)
+                with torch.no_grad():
+                    contrast_loss = self._contrast(z_m, z_t, song_ids)
         loss = caption_loss
         if loss is not None and contrast_loss is not None and self.config.alpha > 0:
             loss = loss + self.config.alpha * contrast_loss

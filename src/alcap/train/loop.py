@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import TorchDynamoPlugin, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -102,9 +103,17 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     """Train one model as `config` says; returns a summary (best value, paths, steps)."""
     out = Path(config.output_dir)
     tc = config.train
+    # Accelerate keeps its settings process-wide and refuses (precision) or ignores (compilation)
+    # new ones; `alcap experiment` trains many models in one process, so each run starts afresh.
+    # The process group (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    compile_plugin = (TorchDynamoPlugin(backend=tc.compile_backend, mode=tc.compile_mode, dynamic=True)
+                      if tc.compile else None)
     accelerator = Accelerator(
         gradient_accumulation_steps=tc.grad_accum_steps, mixed_precision=tc.mixed_precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=tc.seed),
+        dynamo_plugin=compile_plugin,
     )
     set_seed(tc.seed)
     if (out / "states" / "latest").exists():
@@ -220,7 +229,9 @@ def train(config: RunConfig, progress: bool = True) -> dict:
             "history": state.history}
 
 
-RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.early_stop_patience", "generation")
+# Changes that do not alter what is learned (only when training stops, or how fast it runs).
+RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.early_stop_patience", "generation", "train.compile",
+                     "data.num_workers")
 
 
 def _check_same_run(out: Path, config: RunConfig) -> None:
@@ -292,7 +303,7 @@ def validation_captions(accelerator, model, tokenizer, config: RunConfig, val_ro
         generation = dataclasses.replace(config.generation)
         if config.train.eval_num_beams is not None:
             generation.num_beams = config.train.eval_num_beams
-        captioner = Captioner(accelerator.unwrap_model(model), tokenizer, None, Excerpt(), config, generation,
+        captioner = Captioner(accelerator.unwrap_model(model, keep_torch_compile=False), tokenizer, None, Excerpt(), config, generation,
                               device=accelerator.device)
         items = songs_with_references(val_rows)[:config.train.eval_generate_songs]
         _, scores = caption_and_score(captioner, items, store)
@@ -326,7 +337,7 @@ def _export(accelerator, model, tokenizer, config: RunConfig, directory: Path, s
         return
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(model).save_pretrained(tmp)
+    accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     save_config(config, tmp / RUN_CONFIG_FILE)
     if encoder is not None:
