@@ -14,6 +14,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
     ("generate_throughput.py", ["--quick", "--preset", "tiny", "--songs", "3", "--tokens", "4", "--batch-size", "3"]),
     ("embed_throughput.py", ["--quick", "--songs", "3"]),
     ("train_throughput.py", ["--quick", "--preset", "tiny", "--steps", "1", "--batch-size", "4"]),
+    ("memory.py", ["--quick", "--preset", "tiny", "--steps", "1", "--batch-size", "4"]),
+    ("flops.py", ["--quick", "--preset", "tiny", "--steps", "1", "--batch-size", "4", "--matmul-size", "256"]),
+    ("cost_growth.py", ["--quick", "--preset", "tiny", "--batch-size", "4", "--batch-sizes", "1", "2",
+                        "--song-counts", "1", "2"]),
 ])
 def test_benchmark_prints_a_ratio_line(script, args):
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600)
@@ -24,3 +28,5 @@ def test_benchmark_prints_a_ratio_line(script, args):
     assert result["ours"] > 0 and result["baseline"] > 0
     assert result["ratio"] == pytest.approx(result["ours"] / result["baseline"], rel=0.01)
     assert result["name"] == script.removesuffix(".py") and "x" in lines[-2]
+    if script == "cost_growth.py":  # the README's tables: one row per measured point
+        assert "| 512 |" in done.stdout and "| 2 |" in done.stdout and set(result["embed_seconds_by_songs"]) == {"1", "2"}

@@ -73,3 +73,34 @@ def test_length_grouped_batches_are_full_similar_and_cover_every_row():
     # Batches are shuffled, not sorted from longest to shortest.
     means = [np.mean([lengths[i] for i in b]) for b in batches[:-1]]
     assert means != sorted(means, reverse=True) and means != sorted(means)
+
+
+def test_token_lengths_are_what_the_collator_pads_to(store):
+    tok = train_bpe_tokenizer([r.lyrics + " " + r.caption for r in ROWS] * 5, vocab_size=300, min_frequency=1)
+    ds = CaptionDataset(ROWS, store)
+    lengths = ds.token_lengths(tok, max_lyrics_tokens=4, max_caption_tokens=8)
+    collate = CaptionCollator(tok, max_lyrics_tokens=4, max_caption_tokens=8)
+    for i in range(len(ds)):
+        batch = collate([ds[i]])
+        assert lengths[i].tolist() == [batch["input_ids"].shape[1], batch["labels"].shape[1]]
+
+
+def padded_tokens_per_row(sampler, lengths) -> float:
+    return sum(len(b) * lengths[b].max(axis=0).sum() for b in sampler.batches()) / len(lengths)
+
+
+def test_grouping_by_both_lengths_pads_less_than_by_their_sum():
+    from alcap.data.dataset import LengthGroupedSampler
+
+    # SI-like: most lyrics truncated at the 512 cap, captions long-tailed.
+    rng = np.random.default_rng(0)
+    lyrics = np.where(rng.random(2600) < 0.6, 512, rng.integers(100, 400, 2600))
+    captions = np.clip(rng.lognormal(np.log(100), 0.7, 2600), 10, 512).astype(int)
+    lengths = np.stack([lyrics, captions], axis=1)
+    both = padded_tokens_per_row(LengthGroupedSampler(lengths, 26, seed=0), lengths)
+    by_sum = padded_tokens_per_row(LengthGroupedSampler(lengths.sum(axis=1), 26, seed=0), lengths)
+    unsorted = padded_tokens_per_row(LengthGroupedSampler(np.zeros(2600), 26, seed=0), lengths)
+    real = lengths.sum(axis=1).mean()
+    assert real < both < 1.15 * real  # padding under 15% of the real tokens
+    assert both < 0.9 * by_sum and by_sum < unsorted
+    assert sorted(np.concatenate(LengthGroupedSampler(lengths, 26, seed=0).batches()).tolist()) == list(range(2600))

@@ -148,8 +148,11 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     collate = CaptionCollator(tokenizer, config.data.max_lyrics_tokens, config.data.max_caption_tokens)
     # Loaders get generators of their own: starting an iterator must not draw from the global
     # RNG, or a resumed run would see other dropout masks than an uninterrupted one.
-    order = {"sampler": LengthGroupedSampler(train_set.text_lengths(), tc.batch_size * accelerator.num_processes,
-                                             tc.seed)} if config.data.length_grouping else {"shuffle": True}
+    if config.data.length_grouping:
+        lengths = train_set.token_lengths(tokenizer, config.data.max_lyrics_tokens, config.data.max_caption_tokens)
+        order = {"sampler": LengthGroupedSampler(lengths, tc.batch_size * accelerator.num_processes, tc.seed)}
+    else:
+        order = {"shuffle": True}
     train_loader = DataLoader(train_set, batch_size=tc.batch_size, collate_fn=collate, num_workers=config.data.num_workers,
                               generator=torch.Generator().manual_seed(tc.seed), **order)
     val_loader = DataLoader(val_set, batch_size=tc.batch_size, shuffle=False, collate_fn=collate,

@@ -1,0 +1,115 @@
+"""Shared set-up of the training benchmarks: SI-like synthetic rows, the two data paths, the model."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from alcap.data.dataset import CaptionCollator, LengthGroupedSampler
+from alcap.model.backbone import load_backbone
+from alcap.model.captioner import AlcapConfig, AlcapModel
+
+MAX_TOKENS = 512
+
+
+def vocabulary(n: int = 300) -> list[str]:
+    """Letters-only words ("baa", "bab", ...): the byte-level BPE makes each one token (digits
+    would be split off), so word counts are token counts."""
+    return ["".join(chr(97 + (i // 26 ** k) % 26) for k in (2, 1, 0)) for i in range(26 * 26, 26 * 26 + n)]
+
+
+def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
+    """Token lengths: lyrics 60% at or past the 512 cap, the rest 100-400; captions log-normal,
+    median ~100, at most 512."""
+    rng = np.random.default_rng(seed)
+    words = vocabulary()
+    rows = []
+    for i in range(n):
+        n_lyrics = int(rng.integers(480, 700)) if rng.random() < 0.6 else int(rng.integers(100, 400))
+        n_caption = int(np.clip(rng.lognormal(np.log(100), 0.7), 10, MAX_TOKENS - 2))
+        rows.append(row(i, rng, words, n_lyrics, n_caption))
+    return rows
+
+
+def row(i: int, rng: np.random.Generator, words: list[str], n_lyrics: int, n_caption: int) -> dict:
+    return {"song_id": f"s{i // 3}", "song_index": i // 3, "lyrics": " ".join(rng.choice(words, n_lyrics)),
+            "caption": " ".join(rng.choice(words, n_caption)),
+            "music": rng.standard_normal((119, 256)).astype(np.float16)}
+
+
+class PadToMax(CaptionCollator):
+    """The original's naive data path: every batch padded to the maximum lengths."""
+
+    def __call__(self, items):
+        lyr = self.tokenizer([it["lyrics"] for it in items], padding="max_length", truncation=True,
+                             max_length=self.max_lyrics_tokens, return_tensors="pt")
+        cap = self.tokenizer([it["caption"] for it in items], padding="max_length", truncation=True,
+                             max_length=self.max_caption_tokens, return_tensors="pt")
+        labels = cap["input_ids"].masked_fill(cap["attention_mask"] == 0, -100)
+        music = torch.from_numpy(np.stack([it["music"] for it in items]).astype(np.float32))
+        return {"input_ids": lyr["input_ids"], "attention_mask": lyr["attention_mask"], "labels": labels,
+                "music": music, "music_mask": torch.ones(music.shape[:2], dtype=torch.long),
+                "song_ids": torch.tensor([it["song_index"] for it in items])}
+
+
+def build_model(preset: str, rows: list[dict], seed: int = 0):
+    """ALCAP (random init, fusion on the last two encoder layers) and its tokenizer."""
+    torch.manual_seed(seed)
+    bart, tokenizer = load_backbone(preset, [r["lyrics"] for r in rows[:200]] + [r["caption"] for r in rows[:200]],
+                                    vocab_size=1000)
+    layers = bart.config.encoder_layers
+    return AlcapModel(AlcapConfig(fusion_layers=[layers - 2, layers - 1]), bart).train(), tokenizer
+
+
+def ours_batches(rows: list[dict], tokenizer, batch_size: int, steps: int) -> list[dict]:
+    """alcap's data path: length-grouped (shuffled) batches, each padded to its own longest row."""
+    collate = CaptionCollator(tokenizer, MAX_TOKENS, MAX_TOKENS)
+    sampler = LengthGroupedSampler(token_lengths(rows, tokenizer), batch_size, seed=0)
+    return [collate([rows[i] for i in b]) for b in sampler.batches()[:steps]]
+
+
+def token_lengths(rows: list[dict], tokenizer) -> np.ndarray:
+    """(rows, 2) lyrics and caption tokens, capped as the collator truncates."""
+    lyrics = [min(n, MAX_TOKENS) for n in map(len, tokenizer([r["lyrics"] for r in rows])["input_ids"])]
+    caption = [min(n, MAX_TOKENS) for n in map(len, tokenizer([r["caption"] for r in rows])["input_ids"])]
+    return np.array([lyrics, caption]).T
+
+
+def naive_batches(rows: list[dict], tokenizer, batch_size: int, steps: int) -> list[dict]:
+    """The original's: random batches, every lyric and caption padded to 512 tokens."""
+    collate = PadToMax(tokenizer, MAX_TOKENS, MAX_TOKENS)
+    order = np.random.default_rng(0).permutation(len(rows))
+    return [collate([rows[i] for i in order[k * batch_size:(k + 1) * batch_size]]) for k in range(steps)]
+
+
+def epoch_padding(rows: list[dict], tokenizer, batch_size: int) -> tuple[float, float]:
+    """Over a whole epoch of alcap's batches: mean tokens per row as padded, and real ones
+    (the naive path pads every row to 512 + 512 = 1024)."""
+    lengths = token_lengths(rows, tokenizer)
+    sampler = LengthGroupedSampler(lengths, batch_size, seed=0)
+    padded = sum(len(b) * lengths[b].max(axis=0).sum() for b in sampler.batches())
+    return padded / len(rows), lengths.sum() / len(rows)
+
+
+def run_steps(model, optimizer, batches) -> tuple[float, int, int]:
+    """Seconds for the training steps (forward, backward, update), rows and real (non-padding) tokens."""
+    rows = tokens = 0
+    start = time.perf_counter()
+    for batch in batches:
+        output = model(**batch)
+        output.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        rows += batch["input_ids"].shape[0]
+        tokens += real_tokens(batch)
+    return time.perf_counter() - start, rows, tokens
+
+
+def real_tokens(batch: dict) -> int:
+    return int(batch["attention_mask"].sum() + (batch["labels"] != -100).sum())
+
+
+def padded_tokens(batch: dict) -> int:
+    return batch["input_ids"].numel() + batch["labels"].numel()
