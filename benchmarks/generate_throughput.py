@@ -3,7 +3,7 @@
 Random-init model, synthetic lyrics and music; every caption is forced to the same length
 (min_new_tokens = max_new_tokens) so both ways do the same decoding work.
 
-    python benchmarks/generate_throughput.py [--quick] [--preset small|bart-base] [--songs N]
+    python benchmarks/generate_throughput.py [--quick] [--preset small|bart-base] [--songs N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--songs", type=int, default=None, help="songs to caption (default: 16 quick, 32 full)")
     parser.add_argument("--tokens", type=int, default=None, help="caption length in tokens (default: 24 quick, 64 full)")
     parser.add_argument("--batch-size", type=int, default=16, help="batch of the batched way (default: 16)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when there is one)")
     args = parser.parse_args()
     preset = args.preset or ("small" if args.quick else "bart-base")
     songs = args.songs or (16 if args.quick else 32)
@@ -43,13 +45,13 @@ def main() -> None:
     music = [rng.standard_normal((119, 256)).astype(np.float32) for _ in range(songs)]
     bart, tokenizer = load_backbone(preset, lyrics, vocab_size=2000)
     fusion = [bart.config.encoder_layers - 2, bart.config.encoder_layers - 1]
-    model = AlcapModel(AlcapConfig(fusion_layers=fusion), bart).eval()
+    model = AlcapModel(AlcapConfig(fusion_layers=fusion), bart).eval().to(args.device)
     run = RunConfig()
     run.data.max_lyrics_tokens = 512
 
     def captioner(batch_size: int) -> Captioner:
         generation = GenerationConfig(num_beams=4, max_new_tokens=tokens, min_new_tokens=tokens, batch_size=batch_size)
-        return Captioner(model, tokenizer, None, Excerpt(), run, generation, device="cpu")
+        return Captioner(model, tokenizer, None, Excerpt(), run, generation, device=args.device)
 
     batched, single = captioner(args.batch_size), captioner(1)
     batched.caption_embeddings(lyrics[:2], music[:2])  # warm-up
@@ -57,10 +59,10 @@ def main() -> None:
     t_single = best_of(lambda: single.caption_embeddings(lyrics, music), 1)
     ours, baseline = songs / t_batched, songs / t_single
     report("generate_throughput", ours, baseline, "songs/s",
-           f"4-beam generation, {preset}, {songs} songs x {tokens} tokens: batched (batch {args.batch_size}) "
+           f"4-beam generation, {preset}, {args.device}, {songs} songs x {tokens} tokens: batched (batch {args.batch_size}) "
            f"{ours:.2f} songs/s ({1000 / ours:.0f} ms/song) vs one at a time {baseline:.2f} songs/s "
            f"({1000 / baseline:.0f} ms/song): {ours / baseline:.2f}x",
-           preset=preset, songs=songs, tokens=tokens, batch_size=args.batch_size,
+           preset=preset, device=args.device, songs=songs, tokens=tokens, batch_size=args.batch_size,
            ms_per_song_ours=round(1000 / ours, 1), ms_per_song_baseline=round(1000 / baseline, 1))
 
 

@@ -5,7 +5,7 @@ Same model (ALCAP, random init, `bart-base` dimensions by default), batch 26, Ad
 (forward, backward, update), on synthetic rows whose lengths follow SI-like distributions:
 lyrics often at the 512-token cap, captions long-tailed (median ~100 tokens, max 512).
 
-    python benchmarks/train_throughput.py [--quick] [--preset bart-base|small] [--steps N]
+    python benchmarks/train_throughput.py [--quick] [--preset bart-base|small] [--steps N] [--device cuda --bf16]
 """
 
 from __future__ import annotations
@@ -28,28 +28,35 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="backbone preset (default: small with --quick, else bart-base)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per data path (default: 6 quick, 4 full)")
     parser.add_argument("--batch-size", type=int, default=26)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when there is one)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU), as train.mixed_precision: bf16")
     args = parser.parse_args()
     preset = args.preset or ("small" if args.quick else "bart-base")
     steps = args.steps or (6 if args.quick else 4)
     rows = synthetic_rows(args.batch_size * 60)
     model, tokenizer = build_model(preset, rows)
+    model.to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     ours_b = ours_batches(rows, tokenizer, args.batch_size, steps)
     naive_b = naive_batches(rows, tokenizer, args.batch_size, steps)
 
-    run_steps(model, optimizer, ours_b[:1])  # warm-up
-    t_ours, rows_ours, tokens_ours = run_steps(model, optimizer, ours_b)
-    t_naive, rows_naive, tokens_naive = run_steps(model, optimizer, naive_b)
+    device = {"device": args.device, "autocast": torch.bfloat16 if args.bf16 else None}
+    run_steps(model, optimizer, ours_b[:1], **device)  # warm-up
+    t_ours, rows_ours, tokens_ours = run_steps(model, optimizer, ours_b, **device)
+    t_naive, rows_naive, tokens_naive = run_steps(model, optimizer, naive_b, **device)
     ours, baseline = rows_ours / t_ours, rows_naive / t_naive
     padded_ours = np.mean([padded_tokens(b) / b["input_ids"].shape[0] for b in ours_b])
     epoch_padded, epoch_real = epoch_padding(rows, tokenizer, args.batch_size)
+    precision = "bf16 autocast" if args.bf16 else "float32"
     report("train_throughput", ours, baseline, "rows/s",
-           f"training steps, {preset}, batch {args.batch_size}, {steps} steps each: length-grouped dynamic padding "
+           f"training steps, {preset}, {args.device} {precision}, batch {args.batch_size}, {steps} steps each: length-grouped dynamic padding "
            f"{ours:.2f} rows/s ({tokens_ours / t_ours:.0f} real tokens/s, mean padded length {padded_ours:.0f}) vs "
            f"padding to 512+512 {baseline:.2f} rows/s ({tokens_naive / t_naive:.0f} real tokens/s); over a whole epoch "
            f"rows hold {epoch_real:.0f} real tokens, padded to {epoch_padded:.0f} here vs {2 * MAX_TOKENS}: "
            f"{ours / baseline:.2f}x",
-           preset=preset, steps=steps, batch_size=args.batch_size, tokens_per_s_ours=round(tokens_ours / t_ours, 1),
+           preset=preset, device=args.device, precision=precision, steps=steps, batch_size=args.batch_size,
+           tokens_per_s_ours=round(tokens_ours / t_ours, 1),
            tokens_per_s_baseline=round(tokens_naive / t_naive, 1), padded_tokens_per_row_timed=round(float(padded_ours), 1),
            padded_tokens_per_row_epoch=round(epoch_padded, 1), real_tokens_per_row_epoch=round(epoch_real, 1))
 

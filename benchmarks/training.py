@@ -93,18 +93,29 @@ def epoch_padding(rows: list[dict], tokenizer, batch_size: int) -> tuple[float, 
     return padded / len(rows), lengths.sum() / len(rows)
 
 
-def run_steps(model, optimizer, batches) -> tuple[float, int, int]:
-    """Seconds for the training steps (forward, backward, update), rows and real (non-padding) tokens."""
+def run_steps(model, optimizer, batches, device: str = "cpu", autocast: torch.dtype | None = None) -> tuple[float, int, int]:
+    """Seconds for the training steps (forward, backward, update), rows and real (non-padding)
+    tokens; `autocast` e.g. torch.bfloat16 on a GPU, as `train.mixed_precision: bf16` does."""
     rows = tokens = 0
+    device_type = torch.device(device).type
+    _synchronize(device)
     start = time.perf_counter()
     for batch in batches:
-        output = model(**batch)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
+            output = model(**batch)
         output.loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         rows += batch["input_ids"].shape[0]
         tokens += real_tokens(batch)
+    _synchronize(device)
     return time.perf_counter() - start, rows, tokens
+
+
+def _synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def real_tokens(batch: dict) -> int:

@@ -107,6 +107,36 @@ def test_generation_batched_equals_one_at_a_time():
     assert beams.shape[0] == 3
 
 
+def test_beam_search_without_cross_cache_reordering_gives_hf_captions():
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    from alcap.model.captioner import BeamCache
+
+    model = tiny_model()
+    ids, mask, _, music = batch(b=4, l_t=15)
+    config = model.bart.config
+    reordered = []
+    original = EncoderDecoderCache.reorder_cache
+
+    def spy(cache, beam_idx):  # beams really were reordered, so skipping a reorder could have shown
+        reordered.append(not torch.equal(beam_idx, torch.arange(len(beam_idx))))
+        return original(cache, beam_idx)
+
+    for kwargs in (dict(num_beams=4, do_sample=False, max_new_tokens=16, min_new_tokens=16),
+                   dict(num_beams=3, do_sample=True, top_p=0.9, max_new_tokens=10)):
+        torch.manual_seed(0)
+        ours = model.generate(ids, mask, music=music, **kwargs)
+        torch.manual_seed(0)
+        EncoderDecoderCache.reorder_cache = spy
+        try:
+            hf = model.generate(ids, mask, music=music, cache=EncoderDecoderCache(
+                DynamicCache(config=config), DynamicCache(config=config)), **kwargs)
+        finally:
+            EncoderDecoderCache.reorder_cache = original
+        assert torch.equal(ours, hf), kwargs
+    assert any(reordered) and issubclass(BeamCache, EncoderDecoderCache)
+
+
 def test_bad_configuration_is_explained():
     with pytest.raises(ValueError, match="fusion_layers \\[5\\] must be"):
         tiny_model(fusion_layers=[5])
