@@ -51,6 +51,19 @@ def test_fifteen_seconds_give_119_by_256_and_tag_probabilities(cnnsa_checkpoint)
     assert torch.equal(model(wave[1:]).sequence[0], out.sequence[1])  # batch rows do not interact
 
 
+def test_the_extractors_fast_copy_computes_the_checkpoints_function(cnnsa_checkpoint):
+    from alcap.audio.extractor import CNNSAExtractor
+
+    extractor = CNNSAExtractor.from_checkpoint(cnnsa_checkpoint, device="cpu")
+    wave = torch.randn(3, 48000) * 0.1
+    with torch.no_grad():
+        reference = extractor.model(wave)  # the checkpoint's modules, BatchNorm unfolded
+    scale = reference.sequence.abs().max()
+    torch.testing.assert_close(extractor.embed(wave), reference.sequence, rtol=0, atol=1e-5 * scale)
+    torch.testing.assert_close(extractor.tag(wave), reference.tag_probs, rtol=0, atol=1e-5)
+    assert set(extractor.model.state_dict()) == original_key_names()  # what is hashed and exported is unchanged
+
+
 def test_checkpoint_with_prefix_and_torchaudio_buffers_loads_unchanged(cnnsa_checkpoint, tmp_path):
     raw = torch.load(cnnsa_checkpoint, weights_only=True)
     model, digest = load_cnnsa(cnnsa_checkpoint)
