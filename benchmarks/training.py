@@ -72,9 +72,10 @@ def ours_batches(rows: list[dict], tokenizer, batch_size: int, steps: int) -> li
 
 def token_lengths(rows: list[dict], tokenizer) -> np.ndarray:
     """(rows, 2) lyrics and caption tokens, capped as the collator truncates."""
-    lyrics = [min(n, MAX_TOKENS) for n in map(len, tokenizer([r["lyrics"] for r in rows])["input_ids"])]
-    caption = [min(n, MAX_TOKENS) for n in map(len, tokenizer([r["caption"] for r in rows])["input_ids"])]
-    return np.array([lyrics, caption]).T
+    def lengths(texts: list[str]) -> list[int]:
+        return list(map(len, tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"]))
+
+    return np.array([lengths([r["lyrics"] for r in rows]), lengths([r["caption"] for r in rows])]).T
 
 
 def naive_batches(rows: list[dict], tokenizer, batch_size: int, steps: int) -> list[dict]:

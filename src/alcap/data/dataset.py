@@ -43,11 +43,13 @@ class CaptionDataset(Dataset):
     def token_lengths(self, tokenizer, max_lyrics_tokens: int, max_caption_tokens: int) -> np.ndarray:
         """(rows, 2): lyrics and caption tokens per row as the collator will truncate them; each
         distinct lyric is tokenised once (a song's lyrics repeat in all its rows)."""
+        def lengths(texts: list[str], cap: int) -> list[int]:
+            return list(map(len, tokenizer(texts, truncation=True, max_length=cap)["input_ids"])) if texts else []
+
         lyrics = sorted({r.lyrics for r in self.rows})
-        counts = dict(zip(lyrics, map(len, tokenizer(lyrics)["input_ids"]))) if lyrics else {}
-        captions = list(map(len, tokenizer([r.caption for r in self.rows])["input_ids"])) if self.rows else []
-        return np.array([[min(counts[r.lyrics], max_lyrics_tokens), min(c, max_caption_tokens)]
-                         for r, c in zip(self.rows, captions)], dtype=np.int64).reshape(-1, 2)
+        counts = dict(zip(lyrics, lengths(lyrics, max_lyrics_tokens)))
+        captions = lengths([r.caption for r in self.rows], max_caption_tokens)
+        return np.array([[counts[r.lyrics], c] for r, c in zip(self.rows, captions)], dtype=np.int64).reshape(-1, 2)
 
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
