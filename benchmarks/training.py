@@ -64,10 +64,17 @@ def build_model(preset: str, rows: list[dict], seed: int = 0):
 
 
 def ours_batches(rows: list[dict], tokenizer, batch_size: int, steps: int) -> list[dict]:
-    """alcap's data path: length-grouped (shuffled) batches, each padded to its own longest row."""
+    """alcap's data path: length-grouped batches, each padded to its own longest row.
+
+    A few timed steps must stand for a whole epoch, whose batches range from short to full
+    length, so the `steps` batches are a stratified sample: those at the quantiles
+    (i + 0.5) / steps of the epoch's batches ordered by padded size."""
     collate = CaptionCollator(tokenizer, MAX_TOKENS, MAX_TOKENS)
-    sampler = LengthGroupedSampler(token_lengths(rows, tokenizer), batch_size, seed=0)
-    return [collate([rows[i] for i in b]) for b in sampler.batches()[:steps]]
+    lengths = token_lengths(rows, tokenizer)
+    batches = [b for b in LengthGroupedSampler(lengths, batch_size, seed=0).batches() if len(b) == batch_size]
+    by_size = sorted(batches, key=lambda b: lengths[b].max(axis=0).sum())
+    picked = [by_size[int((i + 0.5) / steps * len(by_size))] for i in range(steps)]
+    return [collate([rows[i] for i in b]) for b in picked]
 
 
 def token_lengths(rows: list[dict], tokenizer) -> np.ndarray:
