@@ -14,7 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
     ("generate_throughput.py", ["--quick", "--preset", "tiny", "--songs", "3", "--tokens", "4", "--batch-size", "3"]),
     ("embed_throughput.py", ["--quick", "--songs", "3"]),
     ("train_throughput.py", ["--quick", "--preset", "tiny", "--steps", "1", "--batch-size", "4"]),
-    ("memory.py", ["--quick", "--preset", "tiny", "--batch-size", "4"]),
+    ("memory.py", ["--quick", "--preset", "tiny", "--batch-size", "4", "--repeats", "1"]),
     ("flops.py", ["--quick", "--preset", "tiny", "--steps", "1", "--batch-size", "4", "--matmul-size", "256"]),
     ("cost_growth.py", ["--quick", "--preset", "tiny", "--batch-size", "4", "--batch-sizes", "1", "2",
                         "--song-counts", "1", "2"]),

@@ -264,6 +264,8 @@ def cmd_train(args) -> int:
     if args.output_dir:
         config.output_dir = args.output_dir
     summary = train(config, progress=not args.quiet)
+    if not summary["main_process"]:
+        return 0  # under several processes one summary is enough
     best = ", ".join(f"{k} {v:.4f}" for k, v in summary["best"].items() if v is not None) or "no validation rows"
     print(f"trained {summary['epochs']} epochs ({summary['global_step']} steps) in {summary['seconds']} s; best {best}")
     print(f"run directory: {summary['output_dir']} (best/ and last/ are loadable models, log.jsonl the curves)")

@@ -190,3 +190,31 @@ def test_each_run_in_one_process_gets_its_own_accelerate_settings(tiny_corpus, t
     assert summary["global_step"] == math.ceil(per_epoch / 2)
     records = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["train/loss"]) for r in records if "train/loss" in r)
+
+
+def test_torchrun_with_two_cpu_processes_trains_one_model(tiny_corpus, tmp_path):
+    # Without being told, Accelerate ran torchrun's CPU processes as two independent trainings
+    # racing over one run directory; and only the main process had the validation captions'
+    # scores, so selecting on them left the processes disagreeing.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from alcap.config import save_config
+
+    config = tiny_config(tiny_corpus, tmp_path / "run", **{"train.select_metric": "val/rouge1_recall",
+                                                          "train.eval_num_beams": 1})
+    save_config(config, tmp_path / "config.yaml")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "alcap.cli", "train",
+                           str(tmp_path / "config.yaml"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained 2 epochs") == 1  # one summary, from the main process
+    per_epoch = batches_per_epoch(tiny_corpus, batch_size=16)  # 8 rows on each of 2 processes
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len([r for r in records if "train/loss" in r]) == 2 * per_epoch  # logged once per step, not per process
+    evals = [r for r in records if "val/rouge1_recall" in r]
+    assert [r["epoch"] for r in evals] == [1, 2]
+    best = max(evals, key=lambda r: r["val/rouge1_recall"])["val/rouge1_recall"]
+    assert json.loads(done.stdout.splitlines()[0].split("best val/rouge1_recall ")[1].split()[0]) == pytest.approx(best, abs=1e-4)
+    assert AlcapModel.from_pretrained(tmp_path / "run" / "best").config.alpha == 0.02

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import TorchDynamoPlugin, set_seed
+from accelerate.utils import TorchDynamoPlugin, broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -110,8 +110,11 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     GradientState._reset_state()
     compile_plugin = (TorchDynamoPlugin(backend=tc.compile_backend, mode=tc.compile_mode, dynamic=True)
                       if tc.compile else None)
+    # Accelerate treats CPU processes started by torchrun as independent runs unless told they
+    # are CPU workers of one job (`accelerate launch --cpu` tells it; torchrun does not).
+    cpu_job = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
-        gradient_accumulation_steps=tc.grad_accum_steps, mixed_precision=tc.mixed_precision,
+        cpu=cpu_job, gradient_accumulation_steps=tc.grad_accum_steps, mixed_precision=tc.mixed_precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=tc.seed),
         dynamo_plugin=compile_plugin,
     )
@@ -229,7 +232,7 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     accelerator.wait_for_everyone()
     return {"output_dir": str(out), "global_step": state.global_step, "epochs": state.epoch,
             "best": {tc.select_metric: state.best_value}, "seconds": round(time.perf_counter() - started, 1),
-            "history": state.history}
+            "history": state.history, "main_process": accelerator.is_main_process}
 
 
 # Changes that do not alter what is learned (only when training stops, or how fast it runs).
@@ -299,7 +302,8 @@ VAL_CAPTION_KEYS = ("rouge1_recall", "rouge2_recall", "rougeL_recall", "rouge1_f
 def validation_captions(accelerator, model, tokenizer, config: RunConfig, val_rows, store) -> dict:
     """Caption the validation songs and score them: {"val/rouge1_recall": ..., "val/meteor": ...}.
 
-    Runs on the main process (generation is short next to an epoch); the others wait.
+    Runs on the main process (generation is short next to an epoch); the others wait and
+    receive the scores.
     """
     metrics: dict = {}
     if accelerator.is_main_process:
@@ -313,8 +317,10 @@ def validation_captions(accelerator, model, tokenizer, config: RunConfig, val_ro
         metrics = {f"val/{k}": scores[k] for k in VAL_CAPTION_KEYS if scores.get(k) is not None}
         metrics.update({f"val/stated_{k}": v for k, v in scores.get("attribute_accuracy", {}).items()})
         model.train()
-    accelerator.wait_for_everyone()
-    return metrics
+    # Every process needs the scores: checkpoint selection and early stopping must agree.
+    shared = [metrics]
+    broadcast_object_list(shared, from_process=0)
+    return shared[0]
 
 
 def _select(accelerator, model, tokenizer, config: RunConfig, out: Path, state: TrainerState, metrics: dict,
