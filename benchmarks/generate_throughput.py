@@ -1,7 +1,8 @@
 """Caption generation, 4-beam search with the KV cache: batched (the product's path) vs one song at a time.
 
-Random-init model, synthetic lyrics and music; every caption is forced to the same length
-(min_new_tokens = max_new_tokens) so both ways do the same decoding work.
+Random-init model (the training benchmarks' `build_model`), synthetic lyrics of 240-400 tokens
+and music; every caption is forced to the same length (min_new_tokens = max_new_tokens) so
+both ways do the same decoding work.
 
     python benchmarks/generate_throughput.py [--quick] [--preset small|bart-base] [--songs N] [--device cuda]
 """
@@ -17,12 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of, report  # noqa: E402
+from training import build_model, row, vocabulary  # noqa: E402
 
-from alcap.config import GenerationConfig, RunConfig  # noqa: E402
 from alcap.audio.decode import Excerpt  # noqa: E402
+from alcap.config import GenerationConfig, RunConfig  # noqa: E402
 from alcap.inference import Captioner  # noqa: E402
-from alcap.model.backbone import load_backbone  # noqa: E402
-from alcap.model.captioner import AlcapConfig, AlcapModel  # noqa: E402
 
 
 def main() -> None:
@@ -38,14 +38,11 @@ def main() -> None:
     preset = args.preset or ("small" if args.quick else "bart-base")
     songs = args.songs or (16 if args.quick else 32)
     tokens = args.tokens or (24 if args.quick else 64)
-    torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    words = [f"w{i}" for i in range(400)]
-    lyrics = [" ".join(rng.choice(words, size=int(rng.integers(120, 200)))) for _ in range(songs)]
-    music = [rng.standard_normal((119, 256)).astype(np.float32) for _ in range(songs)]
-    bart, tokenizer = load_backbone(preset, lyrics, vocab_size=2000)
-    fusion = [bart.config.encoder_layers - 2, bart.config.encoder_layers - 1]
-    model = AlcapModel(AlcapConfig(fusion_layers=fusion), bart).eval().to(args.device)
+    rows = [row(i, rng, vocabulary(), int(rng.integers(240, 400)), 20) for i in range(songs)]  # lyrics in tokens
+    lyrics, music = [r["lyrics"] for r in rows], [r["music"] for r in rows]
+    model, tokenizer = build_model(preset, rows)
+    model.eval().to(args.device)
     run = RunConfig()
     run.data.max_lyrics_tokens = 512
 

@@ -9,6 +9,7 @@ import yaml
 
 from alcap.cli import main
 from alcap.experiment import load_experiment
+from alcap.metrics.captioning import bootstrap_interval
 
 
 def write_experiment(root, tmp_path):
@@ -52,6 +53,12 @@ def test_experiment_trains_every_method_and_seed_and_writes_tables(experiment):
         assert row["rouge1_recall"]["values"] == values
         assert row["rouge1_recall"]["mean"] == pytest.approx(np.mean(values))
         assert row["rouge1_recall"]["std"] == pytest.approx(np.std(values, ddof=1))
+        # The interval is over test songs, of each song's score averaged over the seeds, as
+        # evaluation stored it beside the caption.
+        per_seed = [[json.loads(line)["scores"]["rouge1_recall"] for line in
+                     (exp / method / f"seed-{s}" / "best" / "eval-test" / "predictions.jsonl").read_text().splitlines()]
+                    for s in (1, 2)]
+        assert row["rouge1_recall"]["ci95"] == pytest.approx(list(bootstrap_interval(np.mean(per_seed, axis=0))))
         low, high = row["rouge1_recall"]["ci95"]
         assert 0 <= low <= high <= 1
         for k in (1, 5, 10):

@@ -10,7 +10,7 @@ import numpy as np
 from .data.manifest import read_manifest
 from .data.store import EmbeddingStore
 from .inference import Captioner
-from .metrics.captioning import caption_metrics
+from .metrics.captioning import caption_scores
 from .metrics.retrieval import SentenceEncoder, text_to_music_retrieval
 
 PREDICTIONS_FILE, METRICS_FILE, RETRIEVAL_FILE = "predictions.jsonl", "metrics.json", "retrieval.npz"
@@ -38,7 +38,7 @@ def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | N
         raise ValueError(f"no rows in split {split!r} of {manifest or run.data.manifest}")
     items = songs_with_references(rows)[:limit]
     store = EmbeddingStore.open(embeddings or run.data.embeddings) if captioner.uses_music else None
-    predictions, metrics = caption_and_score(captioner, items, store, progress=progress)
+    predictions, metrics, per_song = caption_and_score(captioner, items, store, progress=progress)
     metrics.update({"split": split, "model": str(model_dir)})
     out = Path(out_dir or model_dir / f"eval-{split}")
     out.mkdir(parents=True, exist_ok=True)
@@ -50,9 +50,10 @@ def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | N
                  queries=np.array(data["queries"]), query_embeddings=data["query_embeddings"],
                  caption_embeddings=data["caption_embeddings"])
     with open(out / PREDICTIONS_FILE, "w", encoding="utf-8") as f:
-        for item, pred in zip(items, predictions):
+        for i, (item, pred) in enumerate(zip(items, predictions)):
             f.write(json.dumps({"song_id": item["song_id"], "lyrics": item["lyrics"], "references": item["references"],
-                                "prediction": pred}, ensure_ascii=False) + "\n")
+                                "prediction": pred, "scores": {k: v[i] for k, v in per_song.items()}},
+                               ensure_ascii=False) + "\n")
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     metrics["output_dir"] = str(out)
     return metrics
@@ -70,16 +71,17 @@ def songs_with_references(rows) -> list[dict]:
 
 
 def caption_and_score(captioner: Captioner, items: list[dict], store: EmbeddingStore | None,
-                      progress: bool = False) -> tuple[list[str], dict]:
-    """Caption `items` from the store's embeddings and score them; shared by evaluation and validation."""
+                      progress: bool = False) -> tuple[list[str], dict, dict[str, list[float]]]:
+    """Caption `items` from the store's embeddings and score them: (captions, metrics, each
+    song's scores); shared by evaluation and validation."""
     music = [store.get(s["song_id"]) for s in items] if captioner.uses_music else None
     predictions = captioner.caption_embeddings([s["lyrics"] for s in items], music, progress=progress)
-    metrics = caption_metrics(predictions, [s["references"] for s in items])
+    metrics, per_song = caption_scores(predictions, [s["references"] for s in items])
     metrics.update({"songs": len(items), "generation": captioner.generation.kwargs()})
     accuracy = attribute_accuracy(items, predictions)
     if accuracy:
         metrics["attribute_accuracy"] = accuracy
-    return predictions, metrics
+    return predictions, metrics, per_song
 
 
 def attribute_accuracy(items: list[dict], predictions: list[str]) -> dict:

@@ -37,6 +37,8 @@ logger = logging.getLogger("alcap.experiment")
 CAPTION_COLUMNS = (("rouge1_recall", "ROUGE-1"), ("rouge2_recall", "ROUGE-2"), ("rougeL_recall", "ROUGE-L"),
                    ("meteor", "METEOR"))
 RETRIEVAL_KS = (1, 5, 10)
+RETRIEVAL_COLUMNS = tuple((f"{name}@{k}", f"{name[0].upper()}@{k}") for name in ("precision", "recall")
+                          for k in RETRIEVAL_KS)
 
 
 @dataclass
@@ -130,7 +132,7 @@ def run_all(experiment: Experiment, seeds: list[int], progress: bool = True, ove
 
 def collect(experiment: Experiment, seeds: list[int]) -> dict[str, list[dict]]:
     """method -> the evaluated runs of those seeds: {"seed", "metrics", "per_song"}."""
-    from .metrics.captioning import per_song_scores
+    from .metrics.captioning import caption_scores
 
     out: dict[str, list[dict]] = {}
     for method in experiment.reported_methods():
@@ -140,7 +142,10 @@ def collect(experiment: Experiment, seeds: list[int]) -> dict[str, list[dict]]:
                 continue
             metrics = json.loads((eval_dir / METRICS_FILE).read_text())
             rows = [json.loads(line) for line in (eval_dir / PREDICTIONS_FILE).read_text().splitlines()]
-            per_song = per_song_scores([r["prediction"] for r in rows], [r["references"] for r in rows])
+            if all("scores" in r for r in rows):  # written by `alcap evaluate`
+                per_song = {key: [r["scores"][key] for r in rows] for key in rows[0]["scores"]}
+            else:  # evaluated by an older alcap: score again
+                per_song = caption_scores([r["prediction"] for r in rows], [r["references"] for r in rows])[1]
             out.setdefault(method, []).append({"seed": seed, "metrics": metrics, "per_song": per_song,
                                                "song_ids": [r["song_id"] for r in rows]})
     return out
@@ -162,11 +167,10 @@ def aggregate(runs: dict[str, list[dict]]) -> dict:
             songs = np.mean([r["per_song"][key] for r in method_runs], axis=0)
             row[key] = {"mean": float(np.mean(values)), "std": _std(values),
                         "ci95": list(bootstrap_interval(songs)), "values": values}
-        for k in RETRIEVAL_KS:
-            for name in (f"precision@{k}", f"recall@{k}"):
-                values = [r["metrics"].get("retrieval", {}).get(name) for r in method_runs]
-                row[name] = None if any(v is None for v in values) else \
-                    {"mean": float(np.mean(values)), "std": _std(values), "values": values}
+        for key, _ in RETRIEVAL_COLUMNS:
+            values = [r["metrics"].get("retrieval", {}).get(key) for r in method_runs]
+            row[key] = None if any(v is None for v in values) else \
+                {"mean": float(np.mean(values)), "std": _std(values), "values": values}
         table[method] = row
     return table
 
@@ -193,13 +197,12 @@ def write_tables(experiment: Experiment, seeds: list[int]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t1_head = ["Method"] + [label for _, label in CAPTION_COLUMNS]
     t1 = [[m] + [_cell(row[k], ci=True) for k, _ in CAPTION_COLUMNS] for m, row in table.items()]
-    retrieval_keys = [f"precision@{k}" for k in RETRIEVAL_KS] + [f"recall@{k}" for k in RETRIEVAL_KS]
-    t2_head = ["Method"] + [f"P@{k}" for k in RETRIEVAL_KS] + [f"R@{k}" for k in RETRIEVAL_KS]
-    t2 = [[m] + [_cell(row[k]) for k in retrieval_keys] for m, row in table.items()]
-    caption_note = (f"{experiment.name}, {experiment.evaluate.split} split, seeds {', '.join(map(str, seeds))}: "
-                    "mean ± std over seeds (x100); [95% bootstrap interval over songs]")
-    for stem, head, rows, note in (("table1_captioning", t1_head, t1, caption_note),
-                                   ("table2_retrieval", t2_head, t2, caption_note.split("[")[0].rstrip("; "))):
+    t2_head = ["Method"] + [label for _, label in RETRIEVAL_COLUMNS]
+    t2 = [[m] + [_cell(row[k]) for k, _ in RETRIEVAL_COLUMNS] for m, row in table.items()]
+    scope = (f"{experiment.name}, {experiment.evaluate.split} split, seeds {', '.join(map(str, seeds))}: "
+             "mean ± std over seeds (x100)")
+    for stem, head, rows, note in (("table1_captioning", t1_head, t1, scope + "; [95% bootstrap interval over songs]"),
+                                   ("table2_retrieval", t2_head, t2, scope)):
         (out / f"{stem}.md").write_text(_markdown(head, rows, note), encoding="utf-8")
         (out / f"{stem}.tex").write_text(_latex(head, rows, note), encoding="utf-8")
         with open(out / f"{stem}.csv", "w", newline="", encoding="utf-8") as f:
@@ -217,7 +220,7 @@ def _markdown(head: list[str], rows: list[list[str]], note: str) -> str:
 
 def _latex(head: list[str], rows: list[list[str]], note: str) -> str:
     def esc(text: str) -> str:
-        return text.replace("±", r"$\pm$").replace("_", r"\_").replace("%", r"\%").replace("@", "@")
+        return text.replace("±", r"$\pm$").replace("_", r"\_").replace("%", r"\%")
 
     lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "c" * (len(head) - 1) + "}", r"\toprule",
              " & ".join(esc(h) for h in head) + r" \\", r"\midrule"]
@@ -259,7 +262,7 @@ def write_sweep(sweep: Experiment, alphas: list[float], table: dict) -> dict:
         if entry is None:
             continue
         row = {"alpha": alpha, "seeds": len(entry["seeds"])}
-        for key in [k for k, _ in CAPTION_COLUMNS] + [f"{m}@{k}" for m in ("precision", "recall") for k in RETRIEVAL_KS]:
+        for key, _ in CAPTION_COLUMNS + RETRIEVAL_COLUMNS:
             value = entry.get(key)
             row[key] = None if value is None else value["mean"]
             row[f"{key}_std"] = None if value is None else value["std"]
@@ -268,11 +271,10 @@ def write_sweep(sweep: Experiment, alphas: list[float], table: dict) -> dict:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    captioning = _plot_against_alpha(rows, [(k, label) for k, label in CAPTION_COLUMNS], "captioning score (x100)",
+    captioning = _plot_against_alpha(rows, list(CAPTION_COLUMNS), "captioning score (x100)",
                                      out / "sweep_captioning.png", sweep.name)
-    retrieval = _plot_against_alpha(rows, [(f"{m}@{k}", f"{m[0].upper()}@{k}") for m in ("precision", "recall")
-                                           for k in RETRIEVAL_KS], "retrieval score (x100)",
-                                    out / "sweep_retrieval.png", sweep.name)
+    retrieval = _plot_against_alpha(rows, list(RETRIEVAL_COLUMNS), "retrieval score (x100)", out / "sweep_retrieval.png",
+                                    sweep.name)
     return {"csv": str(out / "sweep.csv"), "figures": [captioning, retrieval], "rows": rows}
 
 

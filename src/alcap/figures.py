@@ -14,6 +14,7 @@ from .config import load_run_config
 from .data.dataset import pad_music
 from .data.manifest import read_manifest
 from .data.store import EmbeddingStore
+from .evaluate import songs_with_references
 from .metrics.retrieval import cosine_similarity, retrieval_metrics
 from .model.captioner import AlcapModel
 
@@ -34,16 +35,6 @@ def model_name(model_dir: Path) -> str:
     return f"{parts[-2]} {parts[-1]}" if parts[-1].startswith("seed-") else parts[-1]
 
 
-def split_songs(manifest: str, split: str) -> list[tuple[str, str]]:
-    """(song_id, lyrics) of each song of a split, in manifest order."""
-    songs: dict[str, str] = {}
-    for row in read_manifest(manifest).split(split):
-        songs.setdefault(row.song_id, row.lyrics)
-    if not songs:
-        raise ValueError(f"no songs in split {split!r} of {manifest}")
-    return list(songs.items())
-
-
 @torch.no_grad()
 def inspect_model(model_dir: str | Path, split: str = "test", songs: int | None = None, song_ids: list[str] | None = None,
                   layer: int = -1, batch_size: int = 32) -> Inspected:
@@ -57,7 +48,9 @@ def inspect_model(model_dir: str | Path, split: str = "test", songs: int | None 
         raise ValueError(f"{model_dir} is a lyrics-only model: it has no fusion attention or alignment head")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     store = EmbeddingStore.open(run.data.embeddings)
-    items = split_songs(run.data.manifest, split)
+    items = [(s["song_id"], s["lyrics"]) for s in songs_with_references(read_manifest(run.data.manifest).split(split))]
+    if not items:
+        raise ValueError(f"no songs in split {split!r} of {run.data.manifest}")
     if song_ids:
         lyrics_of = dict(items)
         missing = [s for s in song_ids if s not in lyrics_of]

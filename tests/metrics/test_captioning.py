@@ -1,6 +1,8 @@
 import pytest
 
-from alcap.metrics.captioning import caption_metrics, meteor, rouge, tokenizer_for_meteor
+from alcap.metrics.captioning import (
+    bootstrap_interval, caption_metrics, caption_scores, meteor, rouge, tokenizer_for_meteor,
+)
 from alcap.metrics.wordnet import install_from_debian, lexnames_text, wordnet_status
 
 REF = "the cat sat on the mat"
@@ -19,6 +21,28 @@ def test_rouge_takes_the_best_reference_and_averages():
     m = rouge(["the cat sat", "a dog"], [["a bird flew", REF], "a dog"])
     assert m["rouge1_recall"] == pytest.approx((0.5 + 1.0) / 2)
     assert m["rouge1_recall"] == rouge(["the cat sat", "a dog"], [["a bird flew", REF], "a dog"])["rouge1_recall"]
+
+
+def test_per_song_scores_come_with_the_metrics():
+    predictions, references = ["the cat sat", "a dog"], [["a bird flew", REF], "a dog"]
+    metrics, per_song = caption_scores(predictions, references)
+    assert metrics == caption_metrics(predictions, references)
+    assert per_song["rouge1_recall"] == [pytest.approx(3 / 6), pytest.approx(1.0)]  # best reference each
+    assert per_song["rouge2_recall"] == [pytest.approx(2 / 5), pytest.approx(1.0)]
+    if wordnet_status()[0]:
+        assert sum(per_song["meteor"]) / 2 == pytest.approx(metrics["meteor"])
+        assert per_song["meteor"][0] == pytest.approx(meteor(["the cat sat"], [REF])["meteor"])
+
+
+def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_songs():
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    few, many = rng.random(20), rng.random(2000)
+    low, high = bootstrap_interval(few)
+    assert low < few.mean() < high
+    assert bootstrap_interval(many)[1] - bootstrap_interval(many)[0] < (high - low) / 5
+    assert bootstrap_interval(np.full(10, 0.3)) == (pytest.approx(0.3), pytest.approx(0.3))
 
 
 @pytest.mark.skipif(not wordnet_status()[0], reason="WordNet is set up by `make`")

@@ -20,17 +20,22 @@ def _as_reference_lists(references: Sequence) -> list[list[str]]:
     return [[r] if isinstance(r, str) else list(r) for r in references]
 
 
-def rouge(predictions: Sequence[str], references: Sequence, bootstrap_samples: int = 1000, seed: int = 0) -> dict:
-    """{rouge1_recall, rouge1_f1, rouge1_precision, ..., rouge1_recall_ci95: [low, high], ...}."""
-    from rouge_score import rouge_scorer, scoring
+def _rouge_scores(predictions: Sequence[str], refs: list[list[str]]) -> list[dict]:
+    """Each prediction's rouge-score Scores against its best reference."""
+    from rouge_score import rouge_scorer
 
-    refs = _as_reference_lists(references)
     if len(refs) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions but {len(refs)} references")
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
+    return [scorer.score_multi(ref, pred) for pred, ref in zip(predictions, refs)]
+
+
+def _aggregate_rouge(scores: list[dict], bootstrap_samples: int = 1000, seed: int = 0) -> dict:
+    from rouge_score import scoring
+
     aggregator = scoring.BootstrapAggregator(n_samples=bootstrap_samples)
-    for pred, ref in zip(predictions, refs):
-        aggregator.add_scores(scorer.score_multi(ref, pred))
+    for score in scores:
+        aggregator.add_scores(score)
     state = np.random.get_state()
     np.random.seed(seed)  # rouge-score resamples with numpy's global RNG
     try:
@@ -46,6 +51,11 @@ def rouge(predictions: Sequence[str], references: Sequence, bootstrap_samples: i
         out[f"{name}_recall_ci95"] = [float(low.recall), float(high.recall)]
         out[f"{name}_f1_ci95"] = [float(low.fmeasure), float(high.fmeasure)]
     return out
+
+
+def rouge(predictions: Sequence[str], references: Sequence, bootstrap_samples: int = 1000, seed: int = 0) -> dict:
+    """{rouge1_recall, rouge1_f1, rouge1_precision, ..., rouge1_recall_ci95: [low, high], ...}."""
+    return _aggregate_rouge(_rouge_scores(predictions, _as_reference_lists(references)), bootstrap_samples, seed)
 
 
 def tokenizer_for_meteor():
@@ -69,44 +79,38 @@ def tokenizer_for_meteor():
 
 def meteor(predictions: Sequence[str], references: Sequence) -> dict:
     """{"meteor": mean score} or {"meteor": None, "meteor_unavailable": reason} without WordNet."""
+    return _meteor(predictions, _as_reference_lists(references))[0]
+
+
+def _meteor(predictions: Sequence[str], refs: list[list[str]]) -> tuple[dict, list[float] | None]:
+    """The METEOR metrics and each prediction's score against its best reference (None without WordNet)."""
+    from nltk.translate.meteor_score import meteor_score
+
     from .wordnet import wordnet_status
 
     ok, reason = wordnet_status()
     if not ok:
-        return {"meteor": None, "meteor_unavailable": reason}
-    scores, tokenizer_name = _meteor_scores(predictions, _as_reference_lists(references))
-    return {"meteor": float(np.mean(scores)) if scores else 0.0, "meteor_tokenizer": tokenizer_name}
-
-
-def _meteor_scores(predictions: Sequence[str], refs: list[list[str]]) -> tuple[list[float], str]:
-    """Per-prediction METEOR against its best reference (WordNet must be available)."""
-    from nltk.translate.meteor_score import meteor_score
-
+        return {"meteor": None, "meteor_unavailable": reason}, None
     tokenize, tokenizer_name = tokenizer_for_meteor()
-    return [meteor_score([tokenize(r) for r in ref], tokenize(pred), alpha=0.9, beta=3, gamma=0.5)
-            for pred, ref in zip(predictions, refs)], tokenizer_name
+    scores = [float(meteor_score([tokenize(r) for r in ref], tokenize(pred), alpha=0.9, beta=3, gamma=0.5))
+              for pred, ref in zip(predictions, refs)]
+    return {"meteor": float(np.mean(scores)) if scores else 0.0, "meteor_tokenizer": tokenizer_name}, scores
 
 
 def caption_metrics(predictions: Sequence[str], references: Sequence, seed: int = 0) -> dict:
-    return {**rouge(predictions, references, seed=seed), **meteor(predictions, references)}
+    return caption_scores(predictions, references, seed)[0]
 
 
-PER_SONG_KEYS = ("rouge1_recall", "rouge2_recall", "rougeL_recall", "meteor")
-
-
-def per_song_scores(predictions: Sequence[str], references: Sequence) -> dict[str, np.ndarray]:
-    """Each song's ROUGE recalls (best reference) and METEOR, for intervals over songs and paired tests."""
-    from rouge_score import rouge_scorer
-
+def caption_scores(predictions: Sequence[str], references: Sequence, seed: int = 0) -> tuple[dict, dict[str, list[float]]]:
+    """The corpus metrics (as `caption_metrics`) and, from the same scoring pass, each
+    prediction's ROUGE recalls and METEOR (for intervals over songs and paired tests)."""
     refs = _as_reference_lists(references)
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
-    scores = [scorer.score_multi(ref, pred) for pred, ref in zip(predictions, refs)]
-    out = {f"{name}_recall": np.array([s[name].recall for s in scores]) for name in ROUGE_TYPES}
-    from .wordnet import wordnet_status
-
-    if wordnet_status()[0]:
-        out["meteor"] = np.array(_meteor_scores(predictions, refs)[0])
-    return out
+    rouge_scores = _rouge_scores(predictions, refs)
+    meteor_metrics, meteor_scores = _meteor(predictions, refs)
+    per_song = {f"{name}_recall": [float(s[name].recall) for s in rouge_scores] for name in ROUGE_TYPES}
+    if meteor_scores is not None:
+        per_song["meteor"] = meteor_scores
+    return {**_aggregate_rouge(rouge_scores, seed=seed), **meteor_metrics}, per_song
 
 
 def bootstrap_interval(values: np.ndarray, samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:

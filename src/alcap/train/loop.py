@@ -29,10 +29,10 @@ from accelerate.utils import TorchDynamoPlugin, broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..audio.decode import Excerpt
 from ..config import RUN_CONFIG_FILE, RunConfig, load_config, save_config
 from ..data.dataset import CaptionCollator, CaptionDataset, LengthGroupedSampler
 from ..data.manifest import read_manifest
-from ..audio.decode import Excerpt
 from ..data.store import EmbeddingStore
 from ..evaluate import caption_and_score, songs_with_references
 from ..inference import Captioner, extractor_from_store_meta, save_music_encoder
@@ -307,13 +307,12 @@ def validation_captions(accelerator, model, tokenizer, config: RunConfig, val_ro
     """
     metrics: dict = {}
     if accelerator.is_main_process:
-        generation = dataclasses.replace(config.generation)
-        if config.train.eval_num_beams is not None:
-            generation.num_beams = config.train.eval_num_beams
-        captioner = Captioner(accelerator.unwrap_model(model, keep_torch_compile=False), tokenizer, None, Excerpt(), config, generation,
-                              device=accelerator.device)
+        beams = config.train.eval_num_beams or config.generation.num_beams
+        generation = dataclasses.replace(config.generation, num_beams=beams)
+        captioner = Captioner(accelerator.unwrap_model(model, keep_torch_compile=False), tokenizer, None, Excerpt(),
+                              config, generation, device=accelerator.device)
         items = songs_with_references(val_rows)[:config.train.eval_generate_songs]
-        _, scores = caption_and_score(captioner, items, store)
+        _, scores, _ = caption_and_score(captioner, items, store)
         metrics = {f"val/{k}": scores[k] for k in VAL_CAPTION_KEYS if scores.get(k) is not None}
         metrics.update({f"val/stated_{k}": v for k, v in scores.get("attribute_accuracy", {}).items()})
         model.train()
