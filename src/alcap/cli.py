@@ -48,11 +48,10 @@ def cmd_tag(args) -> int:
 
     from .audio.decode import AudioError, load_audio, split_windows
     from .audio.extractor import CNNSAExtractor
-    from .audio.tags import MSD_TOP50_TAGS, top_tags
+    from .audio.tags import tag_names, top_tags
 
     extractor = CNNSAExtractor.from_checkpoint(args.checkpoint, device=args.device)
-    names = MSD_TOP50_TAGS if extractor.model.dense.out_features == len(MSD_TOP50_TAGS) else tuple(
-        f"tag{i}" for i in range(extractor.model.dense.out_features))
+    names = tag_names(args.checkpoint, extractor.model.dense.out_features)
     excerpt = _excerpt(args)
     if args.full_track:
         from .audio.decode import Excerpt
@@ -79,6 +78,71 @@ def cmd_tag(args) -> int:
             for name, p in tags.items():
                 print(f"  {name:<20} {p:.3f}")
     return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------- train-tagger
+
+
+def cmd_train_tagger(args) -> int:
+    import numpy as np
+    import torch
+
+    from .audio.decode import AudioError, load_audio
+    from .audio.tagger import TaggerConfig, TagSchema, save_tagger, train_tagger
+    from .data.manifest import read_manifest
+
+    manifest = read_manifest(args.manifest)
+    songs: dict[str, dict] = {}
+    for row in manifest.rows:
+        if row.split in (args.split, args.val_split) and row.song_id not in songs:
+            missing = [c for c in args.tags if str(row.extra.get(c, "")).strip() == ""]
+            if missing:
+                raise SystemExit(f"error: {args.manifest} line {row.line}: song {row.song_id} has no value for "
+                                 f"{', '.join(missing)}; every song needs all --tags columns")
+            songs[row.song_id] = {"split": row.split, "audio": row.audio, **{c: str(row.extra[c]) for c in args.tags}}
+    train_ids = [s for s, v in songs.items() if v["split"] == args.split]
+    if not train_ids:
+        raise SystemExit(f"error: {args.manifest}: no songs in split {args.split!r}")
+    schema = TagSchema.from_values(args.tags, {c: [songs[s][c] for s in train_ids] for c in args.tags})
+    excerpt = _excerpt(args)
+    if excerpt.seconds is None:
+        raise SystemExit("error: the tagger trains on fixed-length excerpts; give --excerpt-seconds > 0")
+
+    def load(ids: list[str]) -> tuple[torch.Tensor, np.ndarray]:
+        waves, targets = [], []
+        for song_id in ids:
+            try:
+                waves.append(load_audio(songs[song_id]["audio"], 16000, excerpt).samples)
+            except AudioError as exc:
+                print(f"skipped song {song_id}: {exc}", file=sys.stderr)
+                continue
+            try:
+                targets.append(schema.encode(songs[song_id]))
+            except ValueError as exc:
+                raise SystemExit(f"error: song {song_id} of split {args.val_split!r}: {exc} (no training song has "
+                                 "that value)") from None
+        return torch.from_numpy(np.stack(waves)) if waves else torch.zeros(0, 1), np.stack(targets) if targets else None
+
+    train_waves, train_targets = load(train_ids)
+    val_waves, val_targets = load([s for s, v in songs.items() if v["split"] == args.val_split])
+    config = TaggerConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, init_seed=args.init_seed,
+                          seed=args.seed)
+    print(f"training a CNNSA tagger on {len(train_waves)} songs ({len(val_waves)} for validation), "
+          f"{len(schema.names)} tags: {', '.join(schema.names)}", file=sys.stderr)
+    model, report = train_tagger(train_waves, train_targets, schema, val_waves, val_targets, config,
+                                 progress=not args.quiet)
+    path = save_tagger(model, report, args.out)
+    last = report.history[report.best_epoch - 1]
+    summary = {"checkpoint": str(path), "tags": report.tags, "best_epoch": report.best_epoch,
+               "val_accuracy": last.get("val_accuracy"), "seconds": report.seconds,
+               "weights_sha256": report.weights_sha256}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {path} (weights sha256 {report.weights_sha256[:12]}), epoch {report.best_epoch} of {args.epochs}")
+        if last.get("val_accuracy"):
+            print("validation accuracy: " + ", ".join(f"{k} {v:.0%}" for k, v in last["val_accuracy"].items()))
+    return 0
 
 
 # ----------------------------------------------------------------------------- embed
@@ -418,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files (WAV, FLAC, OGG, MP3; any rate and channel count)")
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="CNNSA checkpoint: best_model.pth of minzwon/sota-music-tagging-models "
-                        "(models/msd/attention/), or the directory holding it")
+                        "(models/msd/attention/), or the directory holding it; also a tagger made by "
+                        "`alcap train-tagger` (its tags.txt names the tags)")
     p.add_argument("--top", type=int, default=5, metavar="K", help="number of tags to print per file; 50 prints all (default: 5)")
     p.add_argument("--json", action="store_true", help='one JSON object per line: {"file": ..., "tags": {"rock": 0.91, ...}}')
     p.add_argument("--full-track", action="store_true",
@@ -426,6 +491,33 @@ def build_parser() -> argparse.ArgumentParser:
     _excerpt_args(p)
     _device_arg(p)
     p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("train-tagger", help="train a CNNSA music tagger on tag columns of a manifest (offline stand-in "
+                                            "for the MSD checkpoint)",
+                       description="Train CNNSA's self-attention half (2 layers, pooler, tag head) to predict tag "
+                                   "columns of a manifest, on top of random convolutions whose BatchNorm statistics "
+                                   "are set from the training audio, and write a checkpoint in the public layout "
+                                   "(best_model.pth, tags.txt, tagger.json). Use it with --checkpoint where the MSD "
+                                   "weights cannot be had: a trained tagger's features tell songs apart by what the "
+                                   "tags name, a random one's barely do. A yes/no column becomes one tag; any other "
+                                   "column one tag per value.")
+    p.add_argument("manifest", metavar="MANIFEST", help="manifest whose rows carry the tag columns (.jsonl, .csv or .parquet)")
+    p.add_argument("--tags", nargs="+", required=True, metavar="COLUMN",
+                   help="manifest columns to learn, e.g. instrument tempo mode energy drums")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for best_model.pth, tags.txt and tagger.json")
+    p.add_argument("--split", default="train", help="songs to train on (default: train)")
+    p.add_argument("--val-split", default="val",
+                   help="songs to validate on; the epoch with the lowest validation loss is kept (default: val)")
+    p.add_argument("--epochs", type=int, default=30, metavar="N", help="training epochs (default: 30)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="songs per step (default: 16)")
+    p.add_argument("--init-seed", type=int, default=0, metavar="SEED",
+                   help="seed of the random CNNSA the tagger starts from (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batch order and time crops (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _excerpt_args(p)
+    p.set_defaults(func=cmd_train_tagger)
 
     p = sub.add_parser("embed", help="precompute frozen music embeddings for every song of a manifest",
                        description="Decode every distinct song of a manifest, run the frozen CNNSA encoder and write "

@@ -133,6 +133,7 @@ class TransformerEncoder(nn.Module):
 class CNNSAOutput:
     sequence: torch.Tensor  # (B, 1 + T', 256): last transformer layer, CLS first; ALCAP's h_m
     tag_probs: torch.Tensor  # (B, n_tags): sigmoid of the tagging head
+    tag_logits: torch.Tensor  # (B, n_tags): before the sigmoid (for a numerically stable training loss)
 
 
 class CNNSA(nn.Module):
@@ -169,16 +170,23 @@ class CNNSA(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> CNNSAOutput:
         """wave: (B, N) mono at 16 kHz."""
+        return self.attend(self.convolve(wave))
+
+    def convolve(self, wave: torch.Tensor) -> torch.Tensor:
+        """The CNN half: (B, N) waveform -> (B, T', 256) time-major feature sequence."""
         x = self.spec(wave).unsqueeze(1)  # (B, 1, 128, T)
         x = self.spec_bn(x)
         for block in (self.layer1, self.layer2, self.layer3, self.layer4, self.layer5, self.layer6, self.layer7):
             x = block(x)
-        x = x.squeeze(2).transpose(1, 2)  # (B, 256, 1, T') -> (B, T', 256)
+        return x.squeeze(2).transpose(1, 2)  # (B, 256, 1, T') -> (B, T', 256)
+
+    def attend(self, x: torch.Tensor) -> CNNSAOutput:
+        """The self-attention half: CNN features (B, T', 256) -> h_m and the tag probabilities."""
         cls = self.cls_vector.to(x.dtype).expand(x.shape[0], 1, HIDDEN)
         seq = self.encoder(torch.cat([cls, x], dim=1))  # (B, 1 + T', 256)
         pooled = torch.tanh(self.pooler.dense(seq[:, 0]))
-        probs = torch.sigmoid(self.dense(self.dropout(pooled)))
-        return CNNSAOutput(sequence=seq, tag_probs=probs)
+        logits = self.dense(self.dropout(pooled))
+        return CNNSAOutput(sequence=seq, tag_probs=torch.sigmoid(logits), tag_logits=logits)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

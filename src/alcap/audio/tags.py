@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.resources import files
+from pathlib import Path
 
 
 def _read_tags() -> tuple[str, ...]:
@@ -20,3 +21,17 @@ def top_tags(probs, k: int = 5, names: tuple[str, ...] = MSD_TOP50_TAGS) -> dict
         raise ValueError(f"{len(probs)} tag probabilities but {len(names)} tag names")
     order = sorted(range(len(probs)), key=lambda i: -probs[i])[: max(0, k)]
     return {names[i]: round(probs[i], 4) for i in order}
+
+
+def tag_names(checkpoint: str | Path, n_tags: int) -> tuple[str, ...]:
+    """Names for a checkpoint's tag head: `tags.txt` beside it (a tagger trained with
+    `alcap train-tagger`), else the MSD top-50 for a 50-tag head, else tag0, tag1, ..."""
+    path = Path(checkpoint)
+    listing = (path if path.is_dir() else path.parent) / "tags.txt"
+    if listing.is_file():
+        names = tuple(line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip())
+        if len(names) == n_tags:
+            return names
+    if n_tags == len(MSD_TOP50_TAGS):
+        return MSD_TOP50_TAGS
+    return tuple(f"tag{i}" for i in range(n_tags))
