@@ -54,8 +54,9 @@ def load_music_encoder(directory: Path, device="cpu") -> tuple[CNNSAExtractor, E
     from safetensors.torch import load_file
 
     meta = json.loads((directory / ENCODER_DIR / "encoder.json").read_text())
-    model = CNNSA()
-    load_state_dict_strict(model, load_file(str(directory / ENCODER_DIR / "model.safetensors")), str(directory))
+    state = load_file(str(directory / ENCODER_DIR / "model.safetensors"))
+    model = CNNSA(n_tags=state["dense.weight"].shape[0])  # 50 for the MSD tagger; any number for others
+    load_state_dict_strict(model, state, str(directory))
     digest = state_dict_sha256(model.state_dict())
     if digest != meta["identity"]["weights_sha256"]:
         raise ValueError(f"{directory / ENCODER_DIR}: weights do not match the recorded sha256")

@@ -86,6 +86,16 @@ def test_trained_tagger_learns_the_tags_and_keeps_the_convolutions(tmp_path):
     assert (tmp_path / "tagger" / "tags.txt").read_text().split() == ["sine", "square", "loud"]
     assert path.name == "best_model.pth"
 
+    # a captioner trained on its embeddings carries it and loads it back (any number of tags)
+    from alcap.audio.decode import Excerpt
+    from alcap.audio.extractor import CNNSAExtractor
+    from alcap.inference import load_music_encoder, save_music_encoder
+
+    save_music_encoder(CNNSAExtractor.from_checkpoint(tmp_path / "tagger", device="cpu"), Excerpt().to_dict(),
+                       tmp_path / "captioner")
+    extractor, _ = load_music_encoder(tmp_path / "captioner")
+    assert extractor.weights_sha256 == report.weights_sha256 and extractor.model.dense.out_features == 3
+
 
 def test_train_tagger_cli_and_tag_names(tmp_path):
     waves, rows = clips(12)
