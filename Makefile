@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.alcap-installed
 DEMO_DIR ?= demo
 CHECKPOINT ?=
-EMBED_DIR := $(DEMO_DIR)/embeddings-$(if $(CHECKPOINT),checkpoint,random0)
+# Without CHECKPOINT (the MSD weights cannot be fetched offline) the demo trains a CNNSA tagger on
+# the corpus's tag columns first and embeds with it: a random CNNSA's features barely tell songs apart.
+TAGGER_DIR := $(DEMO_DIR)/tagger
+ENCODER := $(if $(CHECKPOINT),$(CHECKPOINT),$(TAGGER_DIR))
+EMBED_DIR := $(DEMO_DIR)/embeddings-$(if $(CHECKPOINT),checkpoint,tagger)
 PYTEST_ARGS ?=
 
 .PHONY: demo test venv clean
@@ -35,8 +39,9 @@ DEMO_SEED := $(firstword $(DEMO_SEEDS))
 demo: $(STAMP)
 	$(BIN)/alcap data make-demo $(DEMO_DIR)/corpus
 	$(BIN)/alcap data validate $(DEMO_DIR)/corpus/manifest.jsonl --max-issues 10 --quiet
-	$(BIN)/alcap embed $(DEMO_DIR)/corpus/manifest.jsonl --out $(EMBED_DIR) \
-		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--random-init 0)
+	$(if $(CHECKPOINT),,test -f $(TAGGER_DIR)/best_model.pth || $(BIN)/alcap train-tagger $(DEMO_DIR)/corpus/manifest.jsonl \
+		--tags instrument tempo mode energy drums --out $(TAGGER_DIR) --quiet)
+	$(BIN)/alcap embed $(DEMO_DIR)/corpus/manifest.jsonl --out $(EMBED_DIR) --checkpoint $(ENCODER)
 	$(BIN)/alcap store info $(EMBED_DIR)
 	$(BIN)/alcap experiment configs/demo.yaml --seeds $(DEMO_SEEDS) --output-dir $(RUNS_DIR) --quiet \
 		$(if $(CHECKPOINT),--set data.embeddings=$(EMBED_DIR))
