@@ -29,5 +29,10 @@ def best_of(fn, repeats: int) -> float:
 def report(name: str, ours: float, baseline: float, unit: str, summary: str, **extra) -> None:
     """The one-line summary, then the JSON line (always the last line of the output)."""
     print(summary)
-    print(json.dumps({"name": name, "ours": round(ours, 4), "baseline": round(baseline, 4), "unit": unit,
-                      "ratio": round(ours / baseline, 3), "machine": machine(), **extra}))
+    print(json.dumps({"name": name, "ours": significant(ours), "baseline": significant(baseline), "unit": unit,
+                      "ratio": significant(ours / baseline), "machine": machine(), **extra}))
+
+
+def significant(x: float, digits: int = 4) -> float:
+    """Rounded to significant digits, not decimals: a 2% FLOP fraction must not print as 0.022."""
+    return float(f"{x:.{digits}g}")

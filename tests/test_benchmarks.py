@@ -30,3 +30,14 @@ def test_benchmark_prints_a_ratio_line(script, args):
     assert result["name"] == script.removesuffix(".py") and "x" in lines[-2]
     if script == "cost_growth.py":  # the README's tables: one row per measured point
         assert "| 512 |" in done.stdout and "| 2 |" in done.stdout and set(result["embed_seconds_by_songs"]) == {"1", "2"}
+
+
+def test_report_keeps_small_ratios_precise(capsys):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from common import report
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    report("x", 0.0021530265, 0.1, "GFLOP/s", "summary")  # rounding to 3 decimals printed 0.022 for 0.02153
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["ratio"] == pytest.approx(0.021530265, rel=1e-3) and line["ours"] == pytest.approx(0.0021530265, rel=1e-3)
