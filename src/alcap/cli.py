@@ -108,7 +108,7 @@ def cmd_train_tagger(args) -> int:
     if excerpt.seconds is None:
         raise SystemExit("error: the tagger trains on fixed-length excerpts; give --excerpt-seconds > 0")
 
-    def load(ids: list[str]) -> tuple[torch.Tensor, np.ndarray]:
+    def load(ids: list[str]) -> tuple[torch.Tensor | None, np.ndarray | None]:
         waves, targets = [], []
         for song_id in ids:
             try:
@@ -121,13 +121,16 @@ def cmd_train_tagger(args) -> int:
             except ValueError as exc:
                 raise SystemExit(f"error: song {song_id} of split {args.val_split!r}: {exc} (no training song has "
                                  "that value)") from None
-        return torch.from_numpy(np.stack(waves)) if waves else torch.zeros(0, 1), np.stack(targets) if targets else None
+        return (torch.from_numpy(np.stack(waves)), np.stack(targets)) if waves else (None, None)
 
     train_waves, train_targets = load(train_ids)
+    if train_waves is None:
+        raise SystemExit(f"error: no song of split {args.split!r} could be decoded")
     val_waves, val_targets = load([s for s, v in songs.items() if v["split"] == args.val_split])
     config = TaggerConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, init_seed=args.init_seed,
                           seed=args.seed)
-    print(f"training a CNNSA tagger on {len(train_waves)} songs ({len(val_waves)} for validation), "
+    print(f"training a CNNSA tagger on {len(train_waves)} songs ({0 if val_waves is None else len(val_waves)} for "
+          "validation), "
           f"{len(schema.names)} tags: {', '.join(schema.names)}", file=sys.stderr)
     model, report = train_tagger(train_waves, train_targets, schema, val_waves, val_targets, config,
                                  progress=not args.quiet)
@@ -527,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", metavar="MANIFEST", help="manifest file (.jsonl, .csv or .parquet; see README)")
     p.add_argument("--out", required=True, metavar="DIR", help="embedding store directory (created, or resumed if it exists)")
     weights = p.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--checkpoint", metavar="PATH", help="CNNSA checkpoint file or directory (the real MSD weights)")
+    weights.add_argument("--checkpoint", metavar="PATH", help="CNNSA checkpoint file or directory: the real MSD weights, or a tagger made by `alcap train-tagger`")
     weights.add_argument("--random-init", type=int, metavar="SEED",
                          help="use a randomly initialised CNNSA with this seed (offline demos and tests only)")
     p.add_argument("--split", nargs="+", metavar="NAME", help="embed only songs of these splits (default: all rows)")

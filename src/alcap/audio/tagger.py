@@ -30,8 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cnnsa import CNNSA, HIDDEN, random_cnnsa, state_dict_sha256
+from .tags import TAG_NAMES_FILE
 
-TAG_NAMES_FILE = "tags.txt"
 BINARY_VALUES = {"yes": 1.0, "no": 0.0, "true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0}
 
 
@@ -43,6 +43,7 @@ class TagSchema:
     columns: list[str]
     names: list[str] = field(default_factory=list)  # tag names in head order
     groups: dict[str, list[int]] = field(default_factory=dict)  # column -> its tags' indices
+    binary: set[str] = field(default_factory=set)  # the yes/no columns
 
     @classmethod
     def from_values(cls, columns: list[str], values: dict[str, list[str]]) -> "TagSchema":
@@ -50,15 +51,14 @@ class TagSchema:
         for column in columns:
             distinct = sorted(set(values[column]))
             if set(v.lower() for v in distinct) <= set(BINARY_VALUES):
-                schema.groups[column] = [len(schema.names)]
-                schema.names.append(column)
-            else:
-                schema.groups[column] = list(range(len(schema.names), len(schema.names) + len(distinct)))
-                schema.names += distinct
+                schema.binary.add(column)
+                distinct = [column]
+            schema.groups[column] = list(range(len(schema.names), len(schema.names) + len(distinct)))
+            schema.names += distinct
         return schema
 
     def is_binary(self, column: str) -> bool:
-        return self.names[self.groups[column][0]] == column and len(self.groups[column]) == 1
+        return column in self.binary
 
     def encode(self, song: dict[str, str]) -> np.ndarray:
         target = np.zeros(len(self.names), dtype=np.float32)
@@ -160,7 +160,7 @@ def _train_tagger(train_waves, train_targets, schema, val_waves, val_targets, co
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    history, best, best_state = [], math.inf, None
+    history, best, best_state, best_epoch = [], math.inf, None, config.epochs
     bar = tqdm(range(1, config.epochs + 1), desc="training the tagger", unit="epoch", disable=not progress,
                dynamic_ncols=True)
     for epoch in bar:
@@ -183,7 +183,7 @@ def _train_tagger(train_waves, train_targets, schema, val_waves, val_targets, co
             record["val_loss"] = float(nn.functional.binary_cross_entropy_with_logits(logits, y_val))
             record["val_accuracy"] = schema.accuracy(logits, y_val)
             if record["val_loss"] < best:
-                best = record["val_loss"]
+                best, best_epoch = record["val_loss"], epoch
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
         history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
@@ -192,7 +192,6 @@ def _train_tagger(train_waves, train_targets, schema, val_waves, val_targets, co
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    best_epoch = (min(history, key=lambda r: r["val_loss"])["epoch"] if val_feats is not None else config.epochs)
     report = TaggerReport(tags=schema.names, train_songs=len(train_feats), val_songs=0 if val_feats is None else len(val_feats),
                           best_epoch=best_epoch, history=history, seconds=round(time.perf_counter() - started, 1),
                           weights_sha256=state_dict_sha256(model.state_dict()), config=asdict(config))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
+TAG_NAMES_FILE = "tags.txt"  # beside a checkpoint trained with `alcap train-tagger`
+
 
 def _read_tags() -> tuple[str, ...]:
     text = files("alcap.audio").joinpath("msd_top50_tags.txt").read_text(encoding="utf-8")
@@ -27,7 +29,7 @@ def tag_names(checkpoint: str | Path, n_tags: int) -> tuple[str, ...]:
     """Names for a checkpoint's tag head: `tags.txt` beside it (a tagger trained with
     `alcap train-tagger`), else the MSD top-50 for a 50-tag head, else tag0, tag1, ..."""
     path = Path(checkpoint)
-    listing = (path if path.is_dir() else path.parent) / "tags.txt"
+    listing = (path if path.is_dir() else path.parent) / TAG_NAMES_FILE
     if listing.is_file():
         names = tuple(line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip())
         if len(names) == n_tags:
