@@ -111,16 +111,24 @@ class Captioner:
     @torch.no_grad()
     def caption_embeddings(self, lyrics: Sequence[str], music: Sequence[np.ndarray] | None,
                            progress: bool = False) -> list[str]:
-        """Captions from lyrics and precomputed h_m arrays (evaluation uses the store's)."""
-        out: list[str] = []
+        """Captions from lyrics and precomputed h_m arrays (evaluation uses the store's).
+
+        Batches hold lyrics of similar token length (longest first), so little of a batch is
+        padding; the captions come back in the order given."""
+        lengths = [len(ids) for ids in self.tokenizer(list(lyrics), truncation=True,
+                                                      max_length=self.max_lyrics_tokens)["input_ids"]]
+        order = sorted(range(len(lyrics)), key=lambda i: -lengths[i])
+        captions: list[str] = [""] * len(lyrics)
         size = self.generation.batch_size
-        for start in tqdm(range(0, len(lyrics), size), desc="captioning", unit="batch", disable=not progress):
-            enc = self.tokenizer(list(lyrics[start:start + size]), padding=True, truncation=True,
+        for start in tqdm(range(0, len(order), size), desc="captioning", unit="batch", disable=not progress):
+            rows = order[start:start + size]
+            enc = self.tokenizer([lyrics[i] for i in rows], padding=True, truncation=True,
                                  max_length=self.max_lyrics_tokens, return_tensors="pt").to(self.device)
             kwargs = {}
             if music is not None:
-                m, mask = pad_music([np.asarray(a) for a in music[start:start + size]])
+                m, mask = pad_music([np.asarray(music[i]) for i in rows])
                 kwargs = {"music": m.to(self.device), "music_mask": mask.to(self.device)}
             ids = self.model.generate(enc["input_ids"], enc["attention_mask"], **kwargs, **self.generation.kwargs())
-            out += [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-        return out
+            for i, text in zip(rows, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
+                captions[i] = text.strip()
+        return captions

@@ -107,34 +107,80 @@ def test_generation_batched_equals_one_at_a_time():
     assert beams.shape[0] == 3
 
 
-def test_beam_search_without_cross_cache_reordering_gives_hf_captions():
+def test_beam_search_with_shared_cross_attention_gives_hf_captions():
+    """Our beam search (cross keys/values once per input, never reordered, beams packed as
+    queries) against HF's stock SDPA attention and cache, with a padded row."""
     from transformers import DynamicCache, EncoderDecoderCache
 
-    from alcap.model.captioner import BeamCache
+    from alcap.model.beam import BEAM_SDPA, BeamCache
 
     model = tiny_model()
+    assert model.bart.config._attn_implementation == BEAM_SDPA
     ids, mask, _, music = batch(b=4, l_t=15)
     config = model.bart.config
-    reordered = []
-    original = EncoderDecoderCache.reorder_cache
+    reordered, cross_rows = [], []
+    original, prefilled = EncoderDecoderCache.reorder_cache, BeamCache.prefilled
 
     def spy(cache, beam_idx):  # beams really were reordered, so skipping a reorder could have shown
         reordered.append(not torch.equal(beam_idx, torch.arange(len(beam_idx))))
         return original(cache, beam_idx)
 
+    def spy_prefilled(bart, states):
+        cache = prefilled(bart, states)
+        cross_rows.append(cache.cross_attention_cache.layers[0].keys.shape[0])
+        return cache
+
     for kwargs in (dict(num_beams=4, do_sample=False, max_new_tokens=16, min_new_tokens=16),
                    dict(num_beams=3, do_sample=True, top_p=0.9, max_new_tokens=10)):
         torch.manual_seed(0)
-        ours = model.generate(ids, mask, music=music, **kwargs)
+        BeamCache.prefilled = spy_prefilled
+        try:
+            ours = model.generate(ids, mask, music=music, output_scores=True, return_dict_in_generate=True, **kwargs)
+        finally:
+            BeamCache.prefilled = prefilled
         torch.manual_seed(0)
         EncoderDecoderCache.reorder_cache = spy
+        model.bart.set_attn_implementation("sdpa")
         try:
             hf = model.generate(ids, mask, music=music, cache=EncoderDecoderCache(
-                DynamicCache(config=config), DynamicCache(config=config)), **kwargs)
+                DynamicCache(config=config), DynamicCache(config=config)), output_scores=True,
+                return_dict_in_generate=True, **kwargs)
         finally:
             EncoderDecoderCache.reorder_cache = original
-        assert torch.equal(ours, hf), kwargs
-    assert any(reordered) and issubclass(BeamCache, EncoderDecoderCache)
+            model.bart.set_attn_implementation(BEAM_SDPA)
+        assert torch.equal(ours.sequences, hf.sequences), kwargs
+        torch.testing.assert_close(torch.stack(ours.scores), torch.stack(hf.scores), rtol=1e-5, atol=1e-5)
+    assert any(reordered) and cross_rows == [4, 4]  # one row of cross keys per song, not per beam
+
+
+def test_beam_attention_equals_sdpa_on_repeated_keys():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from alcap.model.beam import beam_sdpa
+
+    g = torch.Generator().manual_seed(0)
+    inputs, beams, heads, keys, dim = 3, 4, 2, 7, 8
+    module = torch.nn.Module()
+    module.is_causal = False
+    for q_len in (1, 2):
+        query = torch.randn(inputs * beams, heads, q_len, dim, generator=g)
+        key, value = torch.randn(2, inputs, heads, keys, dim, generator=g)
+        mask = torch.ones(inputs, keys, dtype=torch.bool)
+        mask[0, -3:] = False
+        mask = mask[:, None, None, :].expand(inputs, 1, q_len, keys).repeat_interleave(beams, 0)
+        ours, _ = beam_sdpa(module, query, key, value, mask, scaling=dim ** -0.5)
+        ref, _ = sdpa_attention_forward(module, query, key.repeat_interleave(beams, 0),
+                                        value.repeat_interleave(beams, 0), mask, scaling=dim ** -0.5)
+        assert ours.shape == ref.shape == (inputs * beams, q_len, heads, dim)
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_beam_attention_is_plain_sdpa_when_nothing_is_shared():
+    model = tiny_model(use_music=False, alpha=0.0)
+    ids, mask, labels, _ = batch()
+    ours = model(ids, mask, labels).logits
+    model.bart.set_attn_implementation("sdpa")
+    assert torch.equal(ours, model(ids, mask, labels).logits)
 
 
 def test_bad_configuration_is_explained():

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import BartConfig, BartForConditionalGeneration, DynamicCache, EncoderDecoderCache
+from transformers import BartConfig, BartForConditionalGeneration, DynamicCache
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
 
 from .alignment import AlignmentHead, gather_across_processes, info_nce, song_index
+from .beam import BEAM_SDPA, BeamCache
 from .fusion import FusionBlock
 
 CONFIG_FILE, WEIGHTS_FILE = "alcap_config.json", "model.safetensors"
@@ -84,6 +85,8 @@ class AlcapModel(nn.Module):
         config.check(bart.config.encoder_layers)
         self.config = config
         self.bart = bart
+        if bart.config._attn_implementation == "sdpa":  # the same maths; beam search reads shared keys once
+            bart.set_attn_implementation(BEAM_SDPA)
         d_model = bart.config.d_model
         if config.use_music:
             n_blocks = 1 if config.fusion_shared else len(config.fusion_layers)
@@ -182,8 +185,11 @@ class AlcapModel(nn.Module):
         music = self._prepare_music(music)
         encoded = self.encode(input_ids, attention_mask, music, music_mask)
         if generation_kwargs.get("num_beams", 1) > 1 and "cache" not in generation_kwargs:
-            config = self.bart.config.get_text_config(decoder=True)
-            generation_kwargs["cache"] = BeamCache(DynamicCache(config=config), DynamicCache(config=config))
+            if self.bart.config._attn_implementation == BEAM_SDPA:
+                generation_kwargs["cache"] = BeamCache.prefilled(self.bart, encoded.states)
+            else:
+                config = self.bart.config.get_text_config(decoder=True)
+                generation_kwargs["cache"] = BeamCache(DynamicCache(config=config), DynamicCache(config=config))
         return self.bart.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=encoded.states), attention_mask=attention_mask,
             **generation_kwargs,
@@ -224,18 +230,6 @@ class AlcapModel(nn.Module):
         model = cls(config, bart)
         load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
         return model.eval()
-
-
-class BeamCache(EncoderDecoderCache):
-    """HF's encoder-decoder KV cache, minus a wasted copy: beam search reorders the cache after
-    every step, and HF reorders the cross-attention keys and values too. Those are identical
-    for all beams of one input (its encoder states, repeated) and beams are only ever reordered
-    within their input, so that reorder changes nothing while copying the whole cross cache
-    (batch x beams x lyric length) every step: a third of batched 4-beam decoding time here.
-    Captions are unchanged (tested)."""
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.self_attention_cache.reorder_cache(beam_idx)
 
 
 def bart_config(preset: str, vocab_size: int, **overrides) -> BartConfig:

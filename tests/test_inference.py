@@ -1,0 +1,43 @@
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from alcap.audio.decode import Excerpt
+from alcap.config import GenerationConfig, RunConfig
+from alcap.inference import Captioner
+from alcap.model.backbone import load_backbone
+
+LYRICS = ["one two", "a much longer line of lyrics about the sea and the city at night",
+          "", "three four five six", "the longest line of all, about home and hope and the road and the rain"]
+
+
+class EchoModel(torch.nn.Module):
+    """Captions = the lyrics ids, so a mix-up of rows shows; records what each batch held."""
+
+    config = SimpleNamespace(use_music=True)
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def generate(self, input_ids, attention_mask, music=None, music_mask=None, **kwargs):
+        self.batches.append((attention_mask.sum(1).tolist(), music[:, 0, 0].long().tolist()))
+        return input_ids
+
+
+def test_batches_hold_similar_lengths_and_captions_keep_their_order():
+    _, tokenizer = load_backbone("tiny", LYRICS * 4, vocab_size=300)
+    model = EchoModel()
+    captioner = Captioner(model, tokenizer, None, Excerpt(), RunConfig(), GenerationConfig(batch_size=2))
+    music = [np.full((3, 256), i, dtype=np.float16) for i in range(len(LYRICS))]  # song i's music is all i
+
+    captions = captioner.caption_embeddings(LYRICS, music)
+
+    assert captions == [text.strip() for text in LYRICS]
+    lengths = [len(ids) for ids in tokenizer(LYRICS)["input_ids"]]
+    assert [len(rows) for rows, _ in model.batches] == [2, 2, 1]
+    seen = [length for rows, _ in model.batches for length in rows]
+    assert seen == sorted(lengths, reverse=True)  # longest first, so each batch pads little
+    for rows, songs in model.batches:  # each row's music travelled with its lyrics
+        assert rows == [lengths[i] for i in songs]
