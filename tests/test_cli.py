@@ -148,6 +148,14 @@ def test_every_option_is_explained():
                 assert action.help, f"alcap {' '.join(path)} {action.option_strings[0]} has no help"
 
 
+def test_every_help_page_renders_its_text_as_written():
+    for path, sub in all_subparsers(build_parser()):
+        text = sub.format_help()  # argparse does not %-format a description: "%%" would print as is
+        assert "%%" not in text, f"alcap {' '.join(path)} --help prints '%%'"
+    experiment = dict(all_subparsers(build_parser()))[("experiment",)]
+    assert "bootstrap 95% interval" in " ".join(experiment.format_help().split())
+
+
 def test_console_script_is_installed():
     exe = Path(sys.executable).with_name("alcap")
     out = subprocess.run([str(exe), "embed", "--help"], capture_output=True, text=True, check=True).stdout

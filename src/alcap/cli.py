@@ -562,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "seed is trained into OUTPUT_DIR/METHOD/seed-SEED and evaluated (captioning metrics and "
                                    "text-to-music retrieval). Finished runs are skipped and interrupted ones resume, so "
                                    "rerunning the command continues where it stopped. Then Table 1 (ROUGE-1/2/L, METEOR: "
-                                   "mean ± std over seeds, bootstrap 95%% interval over songs) and Table 2 (precision@k, "
+                                   "mean ± std over seeds, bootstrap 95% interval over songs) and Table 2 (precision@k, "
                                    "recall@k) are written as Markdown, CSV and LaTeX to OUTPUT_DIR/tables.")
     p.add_argument("config", metavar="EXPERIMENT", help="experiment YAML (base config + methods)")
     p.add_argument("--seeds", type=int, nargs="+", default=[2020], metavar="SEED", help="seeds (default: 2020)")
