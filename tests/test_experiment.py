@@ -2,13 +2,14 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
 from alcap.cli import main
-from alcap.experiment import load_experiment
+from alcap.experiment import Experiment, load_experiment
 from alcap.metrics.captioning import bootstrap_interval
 
 
@@ -95,6 +96,19 @@ def test_experiment_files_are_checked_before_training(tmp_path):
         assert alcap.model.alcap.fusion_layers == [4, 5] and alcap.train.optimizer == "adafactor"
         assert exp.run_config("bart-fusion", 2020).model.alcap.alpha == 0.0
         assert exp.run_config("bart", 2020).model.alcap.use_music is False
+
+
+def test_running_some_methods_also_runs_the_stages_they_start_from():
+    exp = load_experiment("configs/demo.yaml")
+    exp.select(["alcap"])
+    assert list(exp.methods) == ["text-pretrain", "alcap"] and exp.reported_methods() == ["alcap"]
+    chain = Experiment("chain", Path("runs/x"), {}, {
+        "a": {"model.alcap.use_music": False}, "b": {"model.backbone": "{output_dir}/a/seed-{seed}/best"},
+        "c": {"model.backbone": "{output_dir}/b/seed-{seed}/best"}, "d": {}})
+    chain.select(["c", "d"])
+    assert list(chain.methods) == ["a", "b", "c", "d"] and chain.reported_methods() == ["c", "d"]
+    with pytest.raises(ValueError, match="unknown method\\(s\\) zz; this experiment has a, b, c, d"):
+        chain.select(["zz"])
 
 
 def png_size(path):

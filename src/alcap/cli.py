@@ -344,10 +344,7 @@ def cmd_experiment(args) -> int:
 
     experiment = load_experiment(args.config, output_dir=args.output_dir)
     if args.methods:
-        unknown = sorted(set(args.methods) - set(experiment.methods))
-        if unknown:
-            raise ValueError(f"unknown method(s) {', '.join(unknown)}; {args.config} has {', '.join(experiment.methods)}")
-        experiment.methods = {m: o for m, o in experiment.methods.items() if m in args.methods}
+        experiment.select(args.methods)
     if args.tables_only:
         result = write_tables(experiment, args.seeds)
     else:
@@ -566,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "recall@k) are written as Markdown, CSV and LaTeX to OUTPUT_DIR/tables.")
     p.add_argument("config", metavar="EXPERIMENT", help="experiment YAML (base config + methods)")
     p.add_argument("--seeds", type=int, nargs="+", default=[2020], metavar="SEED", help="seeds (default: 2020)")
-    p.add_argument("--methods", nargs="+", metavar="NAME", help="run only these methods (default: all)")
+    p.add_argument("--methods", nargs="+", metavar="NAME", help="run only these methods, and the stages they start from (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every run, e.g. --set train.epochs=2; repeatable")
     p.add_argument("--output-dir", metavar="DIR", help="experiment directory (default: output_dir of the file)")

@@ -57,6 +57,25 @@ class Experiment:
     methods: dict[str, dict]
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
 
+    def starts_from(self, method: str) -> list[str]:
+        """The methods whose runs `method` reads ("{output_dir}/NAME/..." in one of its values)."""
+        values = [v for v in self.methods[method].values() if isinstance(v, str)]
+        return [m for m in self.methods if m != method and any(f"{{output_dir}}/{m}/" in v for v in values)]
+
+    def select(self, names: list[str]) -> None:
+        """Keep only `names`, plus every method they start from (trained, not reported unless named)."""
+        unknown = sorted(set(names) - set(self.methods))
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; this experiment has {', '.join(self.methods)}")
+        needed, todo = set(), list(names)
+        while todo:
+            method = todo.pop()
+            if method not in needed:
+                needed.add(method)
+                todo += self.starts_from(method)
+        self.methods = {m: (o if m in names else {**o, "report": False})
+                        for m, o in self.methods.items() if m in needed}
+
     def reported_methods(self) -> list[str]:
         return [m for m, o in self.methods.items() if o.get("report", True)]
 
