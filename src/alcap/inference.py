@@ -115,15 +115,13 @@ class Captioner:
 
         Batches hold lyrics of similar token length (longest first), so little of a batch is
         padding; the captions come back in the order given."""
-        lengths = [len(ids) for ids in self.tokenizer(list(lyrics), truncation=True,
-                                                      max_length=self.max_lyrics_tokens)["input_ids"]]
-        order = sorted(range(len(lyrics)), key=lambda i: -lengths[i])
+        tokens = self.tokenizer(list(lyrics), truncation=True, max_length=self.max_lyrics_tokens)["input_ids"]
+        order = sorted(range(len(lyrics)), key=lambda i: -len(tokens[i]))
         captions: list[str] = [""] * len(lyrics)
         size = self.generation.batch_size
         for start in tqdm(range(0, len(order), size), desc="captioning", unit="batch", disable=not progress):
             rows = order[start:start + size]
-            enc = self.tokenizer([lyrics[i] for i in rows], padding=True, truncation=True,
-                                 max_length=self.max_lyrics_tokens, return_tensors="pt").to(self.device)
+            enc = self.tokenizer.pad({"input_ids": [tokens[i] for i in rows]}, return_tensors="pt").to(self.device)
             kwargs = {}
             if music is not None:
                 m, mask = pad_music([np.asarray(music[i]) for i in rows])
