@@ -108,7 +108,8 @@ def cmd_train_tagger(args) -> int:
     if excerpt.seconds is None:
         raise SystemExit("error: the tagger trains on fixed-length excerpts; give --excerpt-seconds > 0")
 
-    def load(ids: list[str]) -> tuple[torch.Tensor | None, np.ndarray | None]:
+    def load(split: str) -> tuple[torch.Tensor | None, np.ndarray | None]:
+        ids = [s for s, v in songs.items() if v["split"] == split]
         waves, targets = [], []
         for song_id in ids:
             try:
@@ -119,14 +120,14 @@ def cmd_train_tagger(args) -> int:
             try:
                 targets.append(schema.encode(songs[song_id]))
             except ValueError as exc:
-                raise SystemExit(f"error: song {song_id} of split {args.val_split!r}: {exc} (no training song has "
+                raise SystemExit(f"error: song {song_id} of split {split!r}: {exc} (no training song has "
                                  "that value)") from None
         return (torch.from_numpy(np.stack(waves)), np.stack(targets)) if waves else (None, None)
 
-    train_waves, train_targets = load(train_ids)
+    train_waves, train_targets = load(args.split)
     if train_waves is None:
         raise SystemExit(f"error: no song of split {args.split!r} could be decoded")
-    val_waves, val_targets = load([s for s, v in songs.items() if v["split"] == args.val_split])
+    val_waves, val_targets = load(args.val_split)
     config = TaggerConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, init_seed=args.init_seed,
                           seed=args.seed)
     print(f"training a CNNSA tagger on {len(train_waves)} songs ({0 if val_waves is None else len(val_waves)} for "

@@ -29,6 +29,7 @@ def test_without_fusion_it_is_exactly_hf_bart():
     model = tiny_model(use_music=False, alpha=0.0)
     ids, mask, labels, music = batch()
     ours = model(ids, mask, labels, music=music)
+    model.bart.set_attn_implementation("sdpa")  # HF's stock attention, not alcap's beam-search variant
     ref = model.bart(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
     assert torch.equal(ours.logits, ref.logits)
     assert torch.equal(ours.caption_loss, ref.loss) and torch.equal(ours.loss, ref.loss)
@@ -107,21 +108,21 @@ def test_generation_batched_equals_one_at_a_time():
     assert beams.shape[0] == 3
 
 
-def test_beam_search_with_shared_cross_attention_gives_hf_captions():
+def test_beam_search_with_shared_cross_attention_gives_hf_captions(monkeypatch):
     """Our beam search (cross keys/values once per input, never reordered, beams packed as
     queries) against HF's stock SDPA attention and cache, with a padded row."""
     from transformers import DynamicCache, EncoderDecoderCache
 
     from alcap.model.beam import BEAM_SDPA, BeamCache
 
-    model = tiny_model()
+    model, stock = tiny_model(), tiny_model()  # same weights
+    stock.bart.set_attn_implementation("sdpa")
     assert model.bart.config._attn_implementation == BEAM_SDPA
     ids, mask, _, music = batch(b=4, l_t=15)
-    config = model.bart.config
     reordered, cross_rows = [], []
     original, prefilled = EncoderDecoderCache.reorder_cache, BeamCache.prefilled
 
-    def spy(cache, beam_idx):  # beams really were reordered, so skipping a reorder could have shown
+    def spy(cache, beam_idx):  # HF's cache (BeamCache overrides it): beams really were reordered
         reordered.append(not torch.equal(beam_idx, torch.arange(len(beam_idx))))
         return original(cache, beam_idx)
 
@@ -130,24 +131,17 @@ def test_beam_search_with_shared_cross_attention_gives_hf_captions():
         cross_rows.append(cache.cross_attention_cache.layers[0].keys.shape[0])
         return cache
 
+    monkeypatch.setattr(EncoderDecoderCache, "reorder_cache", spy)
+    monkeypatch.setattr(BeamCache, "prefilled", spy_prefilled)
+    config = stock.bart.config
     for kwargs in (dict(num_beams=4, do_sample=False, max_new_tokens=16, min_new_tokens=16),
                    dict(num_beams=3, do_sample=True, top_p=0.9, max_new_tokens=10)):
+        kwargs.update(output_scores=True, return_dict_in_generate=True)
         torch.manual_seed(0)
-        BeamCache.prefilled = spy_prefilled
-        try:
-            ours = model.generate(ids, mask, music=music, output_scores=True, return_dict_in_generate=True, **kwargs)
-        finally:
-            BeamCache.prefilled = prefilled
+        ours = model.generate(ids, mask, music=music, **kwargs)
         torch.manual_seed(0)
-        EncoderDecoderCache.reorder_cache = spy
-        model.bart.set_attn_implementation("sdpa")
-        try:
-            hf = model.generate(ids, mask, music=music, cache=EncoderDecoderCache(
-                DynamicCache(config=config), DynamicCache(config=config)), output_scores=True,
-                return_dict_in_generate=True, **kwargs)
-        finally:
-            EncoderDecoderCache.reorder_cache = original
-            model.bart.set_attn_implementation(BEAM_SDPA)
+        hf = stock.generate(ids, mask, music=music, cache=EncoderDecoderCache(
+            DynamicCache(config=config), DynamicCache(config=config)), **kwargs)
         assert torch.equal(ours.sequences, hf.sequences), kwargs
         torch.testing.assert_close(torch.stack(ours.scores), torch.stack(hf.scores), rtol=1e-5, atol=1e-5)
     assert any(reordered) and cross_rows == [4, 4]  # one row of cross keys per song, not per beam
@@ -173,14 +167,6 @@ def test_beam_attention_equals_sdpa_on_repeated_keys():
                                         value.repeat_interleave(beams, 0), mask, scaling=dim ** -0.5)
         assert ours.shape == ref.shape == (inputs * beams, q_len, heads, dim)
         torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
-
-
-def test_beam_attention_is_plain_sdpa_when_nothing_is_shared():
-    model = tiny_model(use_music=False, alpha=0.0)
-    ids, mask, labels, _ = batch()
-    ours = model(ids, mask, labels).logits
-    model.bart.set_attn_implementation("sdpa")
-    assert torch.equal(ours, model(ids, mask, labels).logits)
 
 
 def test_bad_configuration_is_explained():
