@@ -16,14 +16,22 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def best_of(fn, repeats: int) -> float:
-    """Fastest of `repeats` timed calls (seconds): the least disturbed by a noisy machine."""
+def best_of(fn, repeats: int, device: str = "cpu") -> float:
+    """Fastest of `repeats` timed calls (seconds): the least disturbed by a noisy machine.
+    On a GPU each call is timed to the end of its kernels, not of their launch."""
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def report(name: str, ours: float, baseline: float, unit: str, summary: str, **extra) -> None:

@@ -7,7 +7,7 @@ encoder, so the pipeline cannot beat the slower of the two stages.
 Synthetic 30 s stereo songs at 44.1 kHz (half WAV, half MP3), random-init CNNSA (same cost
 as the trained one), 15 s excerpts, batch 16.
 
-    python benchmarks/embed_throughput.py [--quick] [--songs N] [--workers N]
+    python benchmarks/embed_throughput.py [--quick] [--songs N] [--workers N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -52,9 +52,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="24 songs (about a minute)")
     parser.add_argument("--songs", type=int, default=None, help="songs (default: 24 quick, 96 full)")
     parser.add_argument("--workers", type=int, default=2, help="decoding workers of the parallel way (default: 2)")
+    parser.add_argument("--device", default="cpu",
+                        help="device of the encoder: cpu (default) or cuda, where decoding becomes the limit")
     args = parser.parse_args()
     n = args.songs or (24 if args.quick else 96)
-    extractor = CNNSAExtractor.random_init(0, device="cpu")
+    extractor = CNNSAExtractor.random_init(0, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         songs = write_songs(tmp, n)
@@ -79,11 +81,11 @@ def main() -> None:
     ours, baseline = n / timings["parallel"], n / timings["single"]
     rates = {k: n / v for k, v in stage.items()}
     report("embed_throughput", ours, baseline, "songs/s",
-           f"embedding {n} songs (30 s, 44.1 kHz stereo, WAV+MP3): {args.workers} decoding workers {ours:.2f} songs/s "
+           f"embedding {n} songs (30 s, 44.1 kHz stereo, WAV+MP3), encoder on {args.device}: {args.workers} decoding workers {ours:.2f} songs/s "
            f"vs in-process decoding {baseline:.2f} songs/s (stages alone: decoding {rates['decode_single']:.1f} songs/s, "
            f"{rates['decode_parallel']:.1f} with {args.workers} workers; encoder {rates['encode']:.2f} songs/s): "
            f"{ours / baseline:.2f}x",
-           songs=n, workers=args.workers, cores=os.cpu_count(),
+           songs=n, workers=args.workers, cores=os.cpu_count(), device=args.device,
            **{f"{k}_songs_per_s": round(v, 2) for k, v in rates.items()})
 
 

@@ -1,12 +1,13 @@
 """Achieved FLOP/s of alcap's training step as a fraction of this machine's measured matmul
-peak (float32 GEMM on all threads): how close training runs to the physical limit here.
+peak (float32 GEMM on all CPU threads; on a GPU, the GEMM in the step's precision): how close
+training runs to the physical limit here.
 
 FLOPs are counted by PyTorch's FlopCounterMode (matmuls and attention, forward + backward) on
 the same length-grouped, dynamically padded batches that are then timed. Also reported: the
 FLOPs per row of the original's data path (everything padded to 512 + 512), i.e. how much of
 its compute went into padding.
 
-    python benchmarks/flops.py [--quick] [--preset bart-base|small] [--steps N]
+    python benchmarks/flops.py [--quick] [--preset bart-base|small] [--steps N] [--device cuda --bf16]
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from common import best_of, report  # noqa: E402
 from training import build_model, naive_batches, ours_batches, run_steps, synthetic_rows  # noqa: E402
 
 
-def matmul_peak(n: int, repeats: int = 5) -> float:
-    """FLOP/s of the fastest of `repeats` n x n float32 matrix products."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int, repeats: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of the fastest of `repeats` n x n matrix products (random data: zeros run faster)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)
-    return 2 * n ** 3 / best_of(lambda: torch.mm(a, b), repeats)
+    return 2 * n ** 3 / best_of(lambda: torch.mm(a, b), repeats, device)
 
 
-def step_flops(model, batch) -> int:
+def step_flops(model, batch, device: str = "cpu") -> int:
     """FLOPs of one training step's forward and backward (the optimiser update is negligible)."""
+    batch = {k: v.to(device) for k, v in batch.items()}
     with FlopCounterMode(display=False) as counter:
         model(**batch).loss.backward()
     model.zero_grad()
@@ -44,30 +46,42 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="backbone preset (default: small with --quick, else bart-base)")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default: 4 quick, 2 full)")
     parser.add_argument("--batch-size", type=int, default=26)
-    parser.add_argument("--matmul-size", type=int, default=2048, help="side of the square GEMM of the peak (default: 2048)")
+    parser.add_argument("--matmul-size", type=int, default=None,
+                        help="side of the square GEMM of the peak (default: 2048 on CPU, 8192 on a GPU)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16 autocast (GPU), as train.mixed_precision: bf16; the peak is then a bf16 GEMM")
     args = parser.parse_args()
     preset = args.preset or ("small" if args.quick else "bart-base")
     steps = args.steps or (4 if args.quick else 2)
+    on_gpu = torch.device(args.device).type == "cuda"
+    size = args.matmul_size or (8192 if on_gpu else 2048)
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
     rows = synthetic_rows(args.batch_size * 60)
     model, tokenizer = build_model(preset, rows)
+    model.to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     batches = ours_batches(rows, tokenizer, args.batch_size, steps)
     naive = naive_batches(rows, tokenizer, args.batch_size, 1)[0]
 
-    peak = matmul_peak(args.matmul_size)
-    flops = sum(step_flops(model, b) for b in batches)
-    per_row_naive = step_flops(model, naive) / naive["input_ids"].shape[0]
+    peak = matmul_peak(size, repeats=20 if on_gpu else 5, device=args.device, dtype=dtype)
+    flops = sum(step_flops(model, b, args.device) for b in batches)
+    per_row_naive = step_flops(model, naive, args.device) / naive["input_ids"].shape[0]
     per_row_ours = flops / sum(b["input_ids"].shape[0] for b in batches)
-    run_steps(model, optimizer, batches[:1])  # warm-up
-    seconds, _, _ = run_steps(model, optimizer, batches)
+    device = {"device": args.device, "autocast": dtype if args.bf16 else None}
+    run_steps(model, optimizer, [naive, batches[0]], **device)  # warm-up, the largest batch first (allocator)
+    seconds, _, _ = run_steps(model, optimizer, batches, **device)
     achieved = flops / seconds
+    precision = "bf16" if args.bf16 else "float32"
     report("flops", achieved / 1e9, peak / 1e9, "GFLOP/s",
-           f"training step, {preset}, batch {args.batch_size}, {steps} steps: {achieved / 1e9:.1f} GFLOP/s achieved "
-           f"vs {peak / 1e9:.1f} GFLOP/s float32 matmul peak = {achieved / peak:.0%} of peak; "
-           f"{per_row_ours / 1e9:.1f} GFLOP per row vs {per_row_naive / 1e9:.1f} padded to 512+512 "
-           f"({1 - per_row_ours / per_row_naive:.0%} of the naive path's compute is padding): {achieved / peak:.2f}x",
-           preset=preset, steps=steps, batch_size=args.batch_size, gflop_per_row_ours=round(per_row_ours / 1e9, 2),
-           gflop_per_row_naive=round(per_row_naive / 1e9, 2), matmul_size=args.matmul_size)
+           f"training step, {preset}, {args.device} {precision}, batch {args.batch_size}, {steps} steps: "
+           f"{achieved / 1e9:.1f} GFLOP/s achieved vs {peak / 1e9:.1f} GFLOP/s {precision} matmul peak = "
+           f"{achieved / peak:.0%} of peak; {per_row_ours / 1e9:.1f} GFLOP per row vs {per_row_naive / 1e9:.1f} padded "
+           f"to 512+512 ({1 - per_row_ours / per_row_naive:.0%} of the naive path's compute is padding): "
+           f"{achieved / peak:.2f}x",
+           preset=preset, device=args.device, precision=precision, steps=steps, batch_size=args.batch_size,
+           gflop_per_row_ours=round(per_row_ours / 1e9, 2), gflop_per_row_naive=round(per_row_naive / 1e9, 2),
+           matmul_size=size)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Random-init model (the training benchmarks' `build_model`), synthetic lyrics of 
 and music; every caption is forced to the same length (min_new_tokens = max_new_tokens) so
 both ways do the same decoding work.
 
-    python benchmarks/generate_throughput.py [--quick] [--preset small|bart-base] [--songs N] [--device cuda]
+    python benchmarks/generate_throughput.py [--quick] [--preset small|bart-base] [--songs N] [--device cuda --bf16]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="batch of the batched way (default: 16)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when there is one)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU), as generation.mixed_precision: bf16")
     args = parser.parse_args()
     preset = args.preset or ("small" if args.quick else "bart-base")
     songs = args.songs or (16 if args.quick else 32)
@@ -47,19 +48,21 @@ def main() -> None:
     run.data.max_lyrics_tokens = 512
 
     def captioner(batch_size: int) -> Captioner:
-        generation = GenerationConfig(num_beams=4, max_new_tokens=tokens, min_new_tokens=tokens, batch_size=batch_size)
+        generation = GenerationConfig(num_beams=4, max_new_tokens=tokens, min_new_tokens=tokens, batch_size=batch_size,
+                                      mixed_precision="bf16" if args.bf16 else "no")
         return Captioner(model, tokenizer, None, Excerpt(), run, generation, device=args.device)
 
     batched, single = captioner(args.batch_size), captioner(1)
     batched.caption_embeddings(lyrics[:2], music[:2])  # warm-up
-    t_batched = best_of(lambda: batched.caption_embeddings(lyrics, music), 2 if args.quick else 1)
-    t_single = best_of(lambda: single.caption_embeddings(lyrics, music), 1)
+    t_batched = best_of(lambda: batched.caption_embeddings(lyrics, music), 2 if args.quick else 1, args.device)
+    t_single = best_of(lambda: single.caption_embeddings(lyrics, music), 1, args.device)
     ours, baseline = songs / t_batched, songs / t_single
+    precision = "bf16 autocast" if args.bf16 else "float32"
     report("generate_throughput", ours, baseline, "songs/s",
-           f"4-beam generation, {preset}, {args.device}, {songs} songs x {tokens} tokens: batched (batch {args.batch_size}) "
+           f"4-beam generation, {preset}, {args.device} {precision}, {songs} songs x {tokens} tokens: batched (batch {args.batch_size}) "
            f"{ours:.2f} songs/s ({1000 / ours:.0f} ms/song) vs one at a time {baseline:.2f} songs/s "
            f"({1000 / baseline:.0f} ms/song): {ours / baseline:.2f}x",
-           preset=preset, device=args.device, songs=songs, tokens=tokens, batch_size=args.batch_size,
+           preset=preset, device=args.device, precision=precision, songs=songs, tokens=tokens, batch_size=args.batch_size,
            ms_per_song_ours=round(1000 / ours, 1), ms_per_song_baseline=round(1000 / baseline, 1))
 
 

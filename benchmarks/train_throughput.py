@@ -5,7 +5,7 @@ Same model (ALCAP, random init, `bart-base` dimensions by default), batch 26, Ad
 (forward, backward, update), on synthetic rows whose lengths follow SI-like distributions:
 lyrics often at the 512-token cap, captions long-tailed (median ~100 tokens, max 512).
 
-    python benchmarks/train_throughput.py [--quick] [--preset bart-base|small] [--steps N] [--device cuda --bf16]
+    python benchmarks/train_throughput.py [--quick] [--preset bart-base|small] [--steps N] [--device cuda --bf16 --compile]
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when there is one)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU), as train.mixed_precision: bf16")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model with dynamic shapes, as train.compile: true; every timed batch "
+                             "is run once untimed first, so compilation stays out of the numbers")
     args = parser.parse_args()
     preset = args.preset or ("small" if args.quick else "bart-base")
     steps = args.steps or (6 if args.quick else 4)
@@ -42,13 +45,18 @@ def main() -> None:
     naive_b = naive_batches(rows, tokenizer, args.batch_size, steps)
 
     device = {"device": args.device, "autocast": torch.bfloat16 if args.bf16 else None}
-    run_steps(model, optimizer, ours_b[:1], **device)  # warm-up
+    if args.compile:
+        model = torch.compile(model, dynamic=True)
+        run_steps(model, optimizer, ours_b + naive_b[:1], **device)  # compiles; the naive batches share one shape
+    # Warm-up, the largest batch first: the allocator reaches a run's high-water mark, as a real
+    # run's does after its first long batches; every timed alcap batch is still a new shape.
+    run_steps(model, optimizer, naive_b[:1] + ours_b[:1], **device)
     t_ours, rows_ours, tokens_ours = run_steps(model, optimizer, ours_b, **device)
     t_naive, rows_naive, tokens_naive = run_steps(model, optimizer, naive_b, **device)
     ours, baseline = rows_ours / t_ours, rows_naive / t_naive
     padded_ours = np.mean([padded_tokens(b) / b["input_ids"].shape[0] for b in ours_b])
     epoch_padded, epoch_real = epoch_padding(rows, tokenizer, args.batch_size)
-    precision = "bf16 autocast" if args.bf16 else "float32"
+    precision = ("bf16 autocast" if args.bf16 else "float32") + (", torch.compile" if args.compile else "")
     report("train_throughput", ours, baseline, "rows/s",
            f"training steps, {preset}, {args.device} {precision}, batch {args.batch_size}, {steps} steps each: length-grouped dynamic padding "
            f"{ours:.2f} rows/s ({tokens_ours / t_ours:.0f} real tokens/s, mean padded length {padded_ours:.0f}) vs "

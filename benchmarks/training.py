@@ -6,12 +6,14 @@ import time
 
 import numpy as np
 import torch
+from common import synchronize  # a sibling script: the benchmarks put their folder on sys.path
 
 from alcap.data.dataset import CaptionCollator, LengthGroupedSampler
 from alcap.model.backbone import load_backbone
 from alcap.model.captioner import AlcapConfig, AlcapModel
 
 MAX_TOKENS = 512
+BART_VOCAB = 50265  # facebook/bart-base's vocabulary: its output layer is a real share of a step
 
 
 def vocabulary(n: int = 300) -> list[str]:
@@ -55,10 +57,16 @@ class PadToMax(CaptionCollator):
 
 
 def build_model(preset: str, rows: list[dict], seed: int = 0):
-    """ALCAP (random init, fusion on the last two encoder layers) and its tokenizer."""
+    """ALCAP (random init, fusion on the last two encoder layers) and its tokenizer.
+
+    The tokenizer is a small BPE trained on the synthetic words; at `bart-base` size the
+    embeddings and the LM head still have BART's 50,265 rows, so the output layer (and its
+    softmax over the vocabulary) costs what it costs a real user."""
     torch.manual_seed(seed)
     bart, tokenizer = load_backbone(preset, [r["lyrics"] for r in rows[:200]] + [r["caption"] for r in rows[:200]],
                                     vocab_size=1000)
+    if preset == "bart-base":
+        bart.resize_token_embeddings(BART_VOCAB, mean_resizing=False)
     layers = bart.config.encoder_layers
     return AlcapModel(AlcapConfig(fusion_layers=[layers - 2, layers - 1]), bart).train(), tokenizer
 
@@ -106,7 +114,7 @@ def run_steps(model, optimizer, batches, device: str = "cpu", autocast: torch.dt
     tokens; `autocast` e.g. torch.bfloat16 on a GPU, as `train.mixed_precision: bf16` does."""
     rows = tokens = 0
     device_type = torch.device(device).type
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for batch in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -117,13 +125,8 @@ def run_steps(model, optimizer, batches, device: str = "cpu", autocast: torch.dt
         optimizer.zero_grad()
         rows += batch["input_ids"].shape[0]
         tokens += real_tokens(batch)
-    _synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start, rows, tokens
-
-
-def _synchronize(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def real_tokens(batch: dict) -> int:

@@ -1,6 +1,7 @@
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from alcap.audio.decode import Excerpt
@@ -41,3 +42,27 @@ def test_batches_hold_similar_lengths_and_captions_keep_their_order():
     assert seen == sorted(lengths, reverse=True)  # longest first, so each batch pads little
     for rows, songs in model.batches:  # each row's music travelled with its lyrics
         assert rows == [lengths[i] for i in songs]
+
+
+def test_generation_autocasts_only_where_asked_and_on_a_gpu():
+    generation = GenerationConfig(mixed_precision="bf16")
+    assert generation.autocast_dtype(torch.device("cuda")) is torch.bfloat16
+    assert generation.autocast_dtype(torch.device("cpu")) is None  # slower than float32 on most CPUs
+    assert GenerationConfig(mixed_precision="fp16").autocast_dtype(torch.device("cuda:1")) is torch.float16
+    assert GenerationConfig().autocast_dtype(torch.device("cuda")) is None
+    with pytest.raises(ValueError, match="generation.mixed_precision must be no, bf16 or fp16, not 'half'"):
+        GenerationConfig(mixed_precision="half").autocast_dtype(torch.device("cuda"))
+
+    class AutocastSpy(EchoModel):
+        def generate(self, input_ids, attention_mask, **kwargs):
+            self.batches.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return input_ids
+
+    _, tokenizer = load_backbone("tiny", LYRICS * 4, vocab_size=300)
+    music = [np.zeros((3, 256), dtype=np.float16)] * 2
+    for pretend, expected in ((None, False), (torch.bfloat16, True)):
+        model = AutocastSpy()
+        captioner = Captioner(model, tokenizer, None, Excerpt(), RunConfig(), GenerationConfig(mixed_precision="bf16"))
+        captioner.generation.autocast_dtype = lambda device, dtype=pretend: dtype  # as it answers on a GPU
+        captioner.caption_embeddings(LYRICS[:2], music)
+        assert model.batches == [(expected, torch.bfloat16)]

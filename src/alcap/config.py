@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+import torch
 import yaml
 
 from .model.captioner import AlcapConfig
@@ -48,6 +49,15 @@ class GenerationConfig:
     min_new_tokens: int | None = None  # e.g. equal to max_new_tokens for fixed-length benchmarks
     no_repeat_ngram_size: int = 0
     batch_size: int = 16
+    # Autocast of decoding on a GPU: no, bf16 or fp16 (ignored on the CPU, where it is slower).
+    mixed_precision: str = "no"
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The dtype generation autocasts to on `device`, or None for full precision."""
+        dtypes = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if self.mixed_precision not in dtypes:
+            raise ValueError(f"generation.mixed_precision must be no, bf16 or fp16, not {self.mixed_precision!r}")
+        return dtypes[self.mixed_precision] if device.type == "cuda" else None
 
     def kwargs(self) -> dict:
         out = {"num_beams": self.num_beams, "do_sample": self.do_sample, "max_new_tokens": self.max_new_tokens}

@@ -20,11 +20,12 @@ ATTRIBUTES = ("instrument", "tempo", "mode", "energy", "drums", "theme")
 def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | None = None, embeddings: str | None = None,
                    out_dir: str | Path | None = None, num_beams: int | None = None, max_new_tokens: int | None = None,
                    limit: int | None = None, progress: bool = True, retrieval: bool = True,
-                   retrieval_model: str | None = None, query_seed: int = 0) -> dict:
+                   retrieval_model: str | None = None, query_seed: int = 0, mixed_precision: str | None = None) -> dict:
     """One prediction per song of `split`, scored against every caption of that song, and
     text-to-music retrieval over the split (one reference sentence per song as the query).
 
-    Decoding follows the run's generation config; `num_beams`/`max_new_tokens` override it.
+    Decoding follows the run's generation config; `num_beams`, `max_new_tokens` and
+    `mixed_precision` override it.
     """
     model_dir = Path(model_dir)
     captioner = Captioner.from_pretrained(model_dir)
@@ -33,6 +34,8 @@ def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | N
         captioner.generation.num_beams = num_beams
     if max_new_tokens is not None:
         captioner.generation.max_new_tokens = max_new_tokens
+    if mixed_precision is not None:
+        captioner.generation.mixed_precision = mixed_precision
     rows = read_manifest(manifest or run.data.manifest).split(split)
     if not rows:
         raise ValueError(f"no rows in split {split!r} of {manifest or run.data.manifest}")

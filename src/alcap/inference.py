@@ -119,6 +119,7 @@ class Captioner:
         order = sorted(range(len(lyrics)), key=lambda i: -len(tokens[i]))
         captions: list[str] = [""] * len(lyrics)
         size = self.generation.batch_size
+        autocast = self.generation.autocast_dtype(self.device)
         for start in tqdm(range(0, len(order), size), desc="captioning", unit="batch", disable=not progress):
             rows = order[start:start + size]
             enc = self.tokenizer.pad({"input_ids": [tokens[i] for i in rows]}, return_tensors="pt").to(self.device)
@@ -126,7 +127,8 @@ class Captioner:
             if music is not None:
                 m, mask = pad_music([np.asarray(music[i]) for i in rows])
                 kwargs = {"music": m.to(self.device), "music_mask": mask.to(self.device)}
-            ids = self.model.generate(enc["input_ids"], enc["attention_mask"], **kwargs, **self.generation.kwargs())
+            with torch.autocast(self.device.type, dtype=autocast, enabled=autocast is not None):
+                ids = self.model.generate(enc["input_ids"], enc["attention_mask"], **kwargs, **self.generation.kwargs())
             for i, text in zip(rows, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
                 captions[i] = text.strip()
         return captions

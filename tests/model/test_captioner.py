@@ -147,6 +147,27 @@ def test_beam_search_with_shared_cross_attention_gives_hf_captions(monkeypatch):
     assert any(reordered) and cross_rows == [4, 4]  # one row of cross keys per song, not per beam
 
 
+def test_attention_never_uses_cudnn_which_plans_every_new_shape(monkeypatch):
+    """Batches are padded to their own length and decoding grows by a token a step; cuDNN's
+    SDPA builds a plan per new shape (424 ms bart-base steps instead of 88 on an H100), so
+    training, generation and inspection run without it, and leave the caller's setting alone."""
+    enabled, original = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        enabled.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model = tiny_model()
+    ids, mask, labels, music = batch()
+    model.train()(ids, mask, labels=labels, music=music).loss.backward()
+    calls = len(enabled)
+    model.eval().generate(ids, mask, music=music, max_new_tokens=3, num_beams=2)
+    model.inspect(ids, mask, music)
+    assert calls >= 2 * 3 and len(enabled) > calls and not any(enabled)  # encoder + decoder layers at least
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_beam_attention_equals_sdpa_on_repeated_keys():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
