@@ -56,16 +56,17 @@ class PadToMax(CaptionCollator):
                 "song_ids": torch.tensor([it["song_index"] for it in items])}
 
 
-def build_model(preset: str, rows: list[dict], seed: int = 0):
+def build_model(preset: str, rows: list[dict], seed: int = 0, bart_vocab: bool = False):
     """ALCAP (random init, fusion on the last two encoder layers) and its tokenizer.
 
-    The tokenizer is a small BPE trained on the synthetic words; at `bart-base` size the
-    embeddings and the LM head still have BART's 50,265 rows, so the output layer (and its
-    softmax over the vocabulary) costs what it costs a real user."""
+    The tokenizer is a small BPE trained on the synthetic words (1,000 tokens). `bart_vocab`
+    gives the embeddings and the LM head BART's 50,265 rows, so the output layer and its
+    softmax cost what they cost a real user (the padded path's batch-26 step then needs more
+    than 24 GiB on a CPU: logits and their gradients alone are 26 x 512 x 50,265 floats each)."""
     torch.manual_seed(seed)
     bart, tokenizer = load_backbone(preset, [r["lyrics"] for r in rows[:200]] + [r["caption"] for r in rows[:200]],
                                     vocab_size=1000)
-    if preset == "bart-base":
+    if bart_vocab:
         bart.resize_token_embeddings(BART_VOCAB, mean_resizing=False)
     layers = bart.config.encoder_layers
     return AlcapModel(AlcapConfig(fusion_layers=[layers - 2, layers - 1]), bart).train(), tokenizer

@@ -20,7 +20,8 @@ def test_train_evaluate_caption(tiny_corpus, tmp_path, capsys):
     assert "run directory" in capsys.readouterr().out
     assert (run / "best" / "music_encoder" / "model.safetensors").exists()
 
-    assert main(["evaluate", str(run / "best"), "--split", "test", "--quiet"]) == 0
+    assert main(["evaluate", str(run / "best"), "--split", "test", "--quiet", "--batch-size", "3",
+                 "--mixed-precision", "bf16"]) == 0
     out = capsys.readouterr().out
     assert "rouge1_recall" in out and "attributes stated correctly" in out
     metrics = json.loads((run / "best" / "eval-test" / "metrics.json").read_text())
@@ -28,6 +29,7 @@ def test_train_evaluate_caption(tiny_corpus, tmp_path, capsys):
         assert 0 <= metrics[key] <= 1
     assert metrics["meteor"] is None or 0 <= metrics["meteor"] <= 1
     assert metrics["generation"]["num_beams"] == 2 and metrics["songs"] > 0
+    assert metrics["generation"]["batch_size"] == 3 and metrics["generation"]["mixed_precision"] == "no"  # CPU
     rows = [json.loads(line) for line in (run / "best" / "eval-test" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == metrics["songs"] and all(r["references"] and isinstance(r["prediction"], str) for r in rows)
     # Retrieval metrics equal a direct computation on the saved query and caption embeddings.

@@ -31,7 +31,9 @@ def _device_arg(parser: argparse.ArgumentParser) -> None:
                         help="torch device for the encoder: auto (CUDA when available), cpu, cuda, cuda:1, ... (default: auto)")
 
 
-def _mixed_precision_arg(parser: argparse.ArgumentParser) -> None:
+def _decoding_speed_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, metavar="N",
+                        help="songs decoded together; 64 pays on a GPU (default: the run's generation.batch_size, 16)")
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
                         help="autocast decoding on a GPU (ignored on the CPU) (default: the run's "
                              "generation.mixed_precision, no)")
@@ -416,7 +418,7 @@ def cmd_evaluate(args) -> int:
                              out_dir=args.out, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
                              limit=args.limit, progress=not args.quiet, retrieval=not args.no_retrieval,
                              retrieval_model=args.retrieval_model, query_seed=args.query_seed,
-                             mixed_precision=args.mixed_precision)
+                             mixed_precision=args.mixed_precision, batch_size=args.batch_size)
     keys = ("rouge1_recall", "rouge2_recall", "rougeL_recall", "rouge1_f1", "rouge2_f1", "rougeL_f1", "meteor")
     print(" ".join(f"{k} {metrics[k]:.4f}" if metrics.get(k) is not None else f"{k} n/a" for k in keys))
     if metrics.get("meteor") is None:
@@ -436,6 +438,8 @@ def cmd_caption(args) -> int:
     captioner = Captioner.from_pretrained(args.model, device=args.device)
     if args.mixed_precision is not None:
         captioner.generation.mixed_precision = args.mixed_precision
+    if args.batch_size is not None:
+        captioner.generation.batch_size = args.batch_size
     lyrics = [_lyrics_for(Path(a), args.lyrics) for a in args.audio]
     captions = captioner.caption_batch(args.audio, lyrics)
     out = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None
@@ -639,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output directory (default: CHECKPOINT/eval-SPLIT)")
     p.add_argument("--num-beams", type=int, metavar="N", help="beam size (default: the run's generation config, 4)")
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="longest caption in tokens (default: the run's)")
-    _mixed_precision_arg(p)
+    _decoding_speed_args(p)
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N songs")
     p.add_argument("--no-retrieval", action="store_true", help="skip the text-to-music retrieval evaluation")
     p.add_argument("--retrieval-model", metavar="NAME_OR_DIR",
@@ -658,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lyrics", metavar="FILE|TEXT", help="lyrics for every file given: a text file or the text itself")
     p.add_argument("--jsonl", metavar="FILE", help='write {"file", "lyrics", "caption"} lines to FILE instead of printing')
     _device_arg(p)
-    _mixed_precision_arg(p)
+    _decoding_speed_args(p)
     p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("report", help="compare the evaluated runs of a folder on one Markdown page",

@@ -20,12 +20,13 @@ ATTRIBUTES = ("instrument", "tempo", "mode", "energy", "drums", "theme")
 def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | None = None, embeddings: str | None = None,
                    out_dir: str | Path | None = None, num_beams: int | None = None, max_new_tokens: int | None = None,
                    limit: int | None = None, progress: bool = True, retrieval: bool = True,
-                   retrieval_model: str | None = None, query_seed: int = 0, mixed_precision: str | None = None) -> dict:
+                   retrieval_model: str | None = None, query_seed: int = 0, mixed_precision: str | None = None,
+                   batch_size: int | None = None) -> dict:
     """One prediction per song of `split`, scored against every caption of that song, and
     text-to-music retrieval over the split (one reference sentence per song as the query).
 
-    Decoding follows the run's generation config; `num_beams`, `max_new_tokens` and
-    `mixed_precision` override it.
+    Decoding follows the run's generation config; `num_beams`, `max_new_tokens`,
+    `mixed_precision` and `batch_size` override it.
     """
     model_dir = Path(model_dir)
     captioner = Captioner.from_pretrained(model_dir)
@@ -36,6 +37,8 @@ def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | N
         captioner.generation.max_new_tokens = max_new_tokens
     if mixed_precision is not None:
         captioner.generation.mixed_precision = mixed_precision
+    if batch_size is not None:
+        captioner.generation.batch_size = batch_size
     rows = read_manifest(manifest or run.data.manifest).split(split)
     if not rows:
         raise ValueError(f"no rows in split {split!r} of {manifest or run.data.manifest}")
@@ -80,7 +83,10 @@ def caption_and_score(captioner: Captioner, items: list[dict], store: EmbeddingS
     music = [store.get(s["song_id"]) for s in items] if captioner.uses_music else None
     predictions = captioner.caption_embeddings([s["lyrics"] for s in items], music, progress=progress)
     metrics, per_song = caption_scores(predictions, [s["references"] for s in items])
-    metrics.update({"songs": len(items), "generation": captioner.generation.kwargs()})
+    generation = captioner.generation
+    used = generation.mixed_precision if generation.autocast_dtype(captioner.device) else "no"  # as decoded
+    metrics.update({"songs": len(items), "generation": {**generation.kwargs(), "batch_size": generation.batch_size,
+                                                        "mixed_precision": used}})
     accuracy = attribute_accuracy(items, predictions)
     if accuracy:
         metrics["attribute_accuracy"] = accuracy
