@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of, report  # noqa: E402
-from training import build_model, naive_batches, ours_batches, run_steps, synthetic_rows  # noqa: E402
+from training import add_bart_vocab_arg, build_model, naive_batches, ours_batches, run_steps, synthetic_rows  # noqa: E402
 
 
 def matmul_peak(n: int, repeats: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
@@ -51,9 +51,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--bf16", action="store_true",
                         help="bfloat16 autocast (GPU), as train.mixed_precision: bf16; the peak is then a bf16 GEMM")
-    parser.add_argument("--bart-vocab", action="store_true",
-                        help="embeddings and LM head with BART's 50,265 rows, as a real bart-base (default: the "
-                             "synthetic tokenizer's 1,000)")
+    add_bart_vocab_arg(parser)
     args = parser.parse_args()
     preset = args.preset or ("small" if args.quick else "bart-base")
     steps = args.steps or (4 if args.quick else 2)

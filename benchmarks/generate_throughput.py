@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of, report  # noqa: E402
-from training import build_model, row, vocabulary  # noqa: E402
+from training import add_bart_vocab_arg, build_model, row, vocabulary  # noqa: E402
 
 from alcap.audio.decode import Excerpt  # noqa: E402
 from alcap.config import GenerationConfig, RunConfig  # noqa: E402
@@ -35,9 +35,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when there is one)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU), as generation.mixed_precision: bf16")
-    parser.add_argument("--bart-vocab", action="store_true",
-                        help="embeddings and LM head with BART's 50,265 rows, as a real bart-base (default: the "
-                             "synthetic tokenizer's 1,000)")
+    add_bart_vocab_arg(parser)
     args = parser.parse_args()
     preset = args.preset or ("small" if args.quick else "bart-base")
     songs = args.songs or (16 if args.quick else 32)

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
-from training import MAX_TOKENS, build_model, epoch_padding, naive_batches, ours_batches, padded_tokens, run_steps, synthetic_rows  # noqa: E402
+from training import MAX_TOKENS, add_bart_vocab_arg, build_model, epoch_padding, naive_batches, ours_batches, padded_tokens, run_steps, synthetic_rows  # noqa: E402
 
 
 def main() -> None:
@@ -34,9 +34,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model with dynamic shapes, as train.compile: true; every timed batch "
                              "is run once untimed first, so compilation stays out of the numbers")
-    parser.add_argument("--bart-vocab", action="store_true",
-                        help="embeddings and LM head with BART's 50,265 rows, as a real bart-base (default: the "
-                             "synthetic tokenizer's 1,000)")
+    add_bart_vocab_arg(parser)
     args = parser.parse_args()
     preset = args.preset or ("small" if args.quick else "bart-base")
     steps = args.steps or (6 if args.quick else 4)

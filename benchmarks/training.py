@@ -56,10 +56,16 @@ class PadToMax(CaptionCollator):
                 "song_ids": torch.tensor([it["song_index"] for it in items])}
 
 
+def add_bart_vocab_arg(parser) -> None:
+    parser.add_argument("--bart-vocab", action="store_true",
+                        help="embeddings and LM head with BART's 50,265 rows, as a real bart-base (default: the "
+                             "synthetic tokenizer's, about 700)")
+
+
 def build_model(preset: str, rows: list[dict], seed: int = 0, bart_vocab: bool = False):
     """ALCAP (random init, fusion on the last two encoder layers) and its tokenizer.
 
-    The tokenizer is a small BPE trained on the synthetic words (1,000 tokens). `bart_vocab`
+    The tokenizer is a small BPE trained on the synthetic words (about 700 tokens). `bart_vocab`
     gives the embeddings and the LM head BART's 50,265 rows, so the output layer and its
     softmax cost what they cost a real user (the padded path's batch-26 step then needs more
     than 24 GiB on a CPU: logits and their gradients alone are 26 x 512 x 50,265 floats each)."""
