@@ -52,6 +52,9 @@ def test_generation_autocasts_only_where_asked_and_on_a_gpu():
     assert GenerationConfig().autocast_dtype(torch.device("cuda")) is None
     with pytest.raises(ValueError, match="generation.mixed_precision must be no, bf16 or fp16, not 'half'"):
         GenerationConfig(mixed_precision="half").autocast_dtype(torch.device("cuda"))
+    changed = generation.with_overrides(num_beams=None, batch_size=64)  # None: keep the configured value
+    assert (changed.num_beams, changed.batch_size, changed.mixed_precision) == (4, 64, "bf16")
+    assert generation.batch_size == 16  # a copy: the run's own config is untouched
 
     class AutocastSpy(EchoModel):
         def generate(self, input_ids, attention_mask, **kwargs):

@@ -436,10 +436,8 @@ def cmd_caption(args) -> int:
     from .inference import Captioner
 
     captioner = Captioner.from_pretrained(args.model, device=args.device)
-    if args.mixed_precision is not None:
-        captioner.generation.mixed_precision = args.mixed_precision
-    if args.batch_size is not None:
-        captioner.generation.batch_size = args.batch_size
+    captioner.generation = captioner.generation.with_overrides(mixed_precision=args.mixed_precision,
+                                                               batch_size=args.batch_size)
     lyrics = [_lyrics_for(Path(a), args.lyrics) for a in args.audio]
     captions = captioner.caption_batch(args.audio, lyrics)
     out = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None

@@ -38,6 +38,9 @@ class ModelConfig:
     alcap: AlcapConfig = field(default_factory=AlcapConfig)
 
 
+AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass
 class GenerationConfig:
     """Decoding for evaluation and captioning; deterministic 4-beam search by default."""
@@ -52,12 +55,18 @@ class GenerationConfig:
     # Autocast of decoding on a GPU: no, bf16 or fp16 (ignored on the CPU, where it is slower).
     mixed_precision: str = "no"
 
+    def check(self) -> None:
+        if self.mixed_precision not in AUTOCAST_DTYPES:
+            raise ValueError(f"generation.mixed_precision must be no, bf16 or fp16, not {self.mixed_precision!r}")
+
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         """The dtype generation autocasts to on `device`, or None for full precision."""
-        dtypes = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-        if self.mixed_precision not in dtypes:
-            raise ValueError(f"generation.mixed_precision must be no, bf16 or fp16, not {self.mixed_precision!r}")
-        return dtypes[self.mixed_precision] if device.type == "cuda" else None
+        self.check()
+        return AUTOCAST_DTYPES[self.mixed_precision] if device.type == "cuda" else None
+
+    def with_overrides(self, **changes) -> "GenerationConfig":
+        """A copy with these settings changed; a None leaves its setting as configured."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def kwargs(self) -> dict:
         out = {"num_beams": self.num_beams, "do_sample": self.do_sample, "max_new_tokens": self.max_new_tokens}
@@ -122,6 +131,11 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def check(self) -> None:
+        """Settings that are only read late (at the first evaluation): wrong ones fail before training."""
+        self.train.selects_lower()
+        self.generation.check()
 
 
 def from_dict(cls, data: dict | None):

@@ -31,14 +31,8 @@ def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | N
     model_dir = Path(model_dir)
     captioner = Captioner.from_pretrained(model_dir)
     run = captioner.run
-    if num_beams is not None:
-        captioner.generation.num_beams = num_beams
-    if max_new_tokens is not None:
-        captioner.generation.max_new_tokens = max_new_tokens
-    if mixed_precision is not None:
-        captioner.generation.mixed_precision = mixed_precision
-    if batch_size is not None:
-        captioner.generation.batch_size = batch_size
+    captioner.generation = captioner.generation.with_overrides(
+        num_beams=num_beams, max_new_tokens=max_new_tokens, mixed_precision=mixed_precision, batch_size=batch_size)
     rows = read_manifest(manifest or run.data.manifest).split(split)
     if not rows:
         raise ValueError(f"no rows in split {split!r} of {manifest or run.data.manifest}")

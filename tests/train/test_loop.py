@@ -109,6 +109,18 @@ def test_overrides_are_typed_and_checked():
         apply_override(config, "trian.lr=1")
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("generation.mixed_precision=half", "generation.mixed_precision must be no, bf16 or fp16, not 'half'"),
+    ("train.select_mode=lowest", "train.select_mode must be auto, min or max, not 'lowest'"),
+])
+def test_settings_read_at_the_first_evaluation_fail_before_training(tiny_corpus, tmp_path, setting, message):
+    key, value = setting.split("=")
+    config = tiny_config(tiny_corpus, tmp_path / "run", **{key: value})
+    with pytest.raises(ValueError, match=message):
+        train(config, progress=False)
+    assert not (tmp_path / "run").exists()  # nothing was trained
+
+
 def test_music_statistics_match_numpy(tiny_corpus):
     import numpy as np
 

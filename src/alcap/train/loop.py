@@ -11,7 +11,6 @@ Run directory layout:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -101,6 +100,7 @@ class RunLog:
 
 def train(config: RunConfig, progress: bool = True) -> dict:
     """Train one model as `config` says; returns a summary (best value, paths, steps)."""
+    config.check()
     out = Path(config.output_dir)
     tc = config.train
     # Accelerate keeps its settings process-wide and refuses (precision) or ignores (compilation)
@@ -307,8 +307,7 @@ def validation_captions(accelerator, model, tokenizer, config: RunConfig, val_ro
     """
     metrics: dict = {}
     if accelerator.is_main_process:
-        beams = config.train.eval_num_beams or config.generation.num_beams
-        generation = dataclasses.replace(config.generation, num_beams=beams)
+        generation = config.generation.with_overrides(num_beams=config.train.eval_num_beams)
         captioner = Captioner(accelerator.unwrap_model(model, keep_torch_compile=False), tokenizer, None, Excerpt(),
                               config, generation, device=accelerator.device)
         items = songs_with_references(val_rows)[:config.train.eval_generate_songs]
