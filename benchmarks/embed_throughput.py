@@ -29,7 +29,7 @@ from common import report  # noqa: E402
 
 from alcap.audio.extractor import CNNSAExtractor  # noqa: E402
 from alcap.audio.decode import Excerpt  # noqa: E402
-from alcap.data.embed import _SongAudio, _quiet_worker, embed_songs  # noqa: E402
+from alcap.data.embed import _SongAudio, _decoding_worker, embed_songs  # noqa: E402
 
 
 def write_songs(folder: Path, n: int) -> dict[str, str]:
@@ -70,7 +70,7 @@ def main() -> None:
         for label, workers in (("decode_parallel", args.workers), ("decode_single", 0)):
             data = _SongAudio(list(songs.items()), extractor.sample_rate, Excerpt())
             loader = DataLoader(data, batch_size=16, num_workers=workers, collate_fn=list,
-                                worker_init_fn=_quiet_worker if workers else None)
+                                worker_init_fn=_decoding_worker if workers else None)
             start = time.perf_counter()
             clips = [clip for batch in loader for _, _, clip, _ in batch]
             stage[label] = time.perf_counter() - start

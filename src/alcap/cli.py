@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -190,6 +191,14 @@ def cmd_embed(args) -> int:
         print(f"\ninterrupted: {len(store)} songs are safely in {args.out}; run the same command again to resume",
               file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        store = EmbeddingStore.open(args.out)
+        print(f"alcap embed: error: no space left on device while writing {exc.filename or args.out}. "
+              f"{len(store)} songs are safely in {args.out}; free some space and run the same command again to "
+              "resume", file=sys.stderr)
+        return 2
     store = EmbeddingStore.open(args.out)
     stats = store.stats()
     for failure in report.failures:
@@ -283,6 +292,11 @@ def _print_import(counts: dict, out: str) -> None:
     if counts["missing_audio"]:
         print(f"warning: {counts['missing_audio']} songs have no audio file where expected; "
               f"`alcap data validate {out}` lists them", file=sys.stderr)
+    skipped = counts.get("skipped_rows", [])
+    for row in skipped[:10]:
+        print(f"skipped {row['file']}:{row['line']}: {row['reason']}", file=sys.stderr)
+    if len(skipped) > 10:
+        print(f"... and {len(skipped) - 10} more skipped rows", file=sys.stderr)
 
 
 def cmd_import_si(args) -> int:
@@ -339,7 +353,17 @@ def cmd_train(args) -> int:
     config = load_config(args.config, args.set)
     if args.output_dir:
         config.output_dir = args.output_dir
-    summary = train(config, progress=not args.quiet)
+    try:
+        summary = train(config, progress=not args.quiet)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        latest = Path(config.output_dir) / "states" / "latest"
+        kept = (f"the last complete resume state, states/{latest.read_text().strip()}, was kept"
+                if latest.is_file() else "no resume state had been saved yet")
+        print(f"alcap train: error: no space left on device while writing {exc.filename or config.output_dir}; "
+              f"{kept}. Free some space and run the same command again to resume", file=sys.stderr)
+        return 2
     if not summary["main_process"]:
         return 0  # under several processes one summary is enough
     best = ", ".join(f"{k} {v:.4f}" for k, v in summary["best"].items() if v is not None) or "no validation rows"
@@ -351,7 +375,7 @@ def cmd_train(args) -> int:
 def cmd_experiment(args) -> int:
     from .experiment import load_experiment, run_experiment, write_tables
 
-    experiment = load_experiment(args.config, output_dir=args.output_dir)
+    experiment = load_experiment(args.config, output_dir=args.output_dir, overrides=args.set)
     if args.methods:
         experiment.select(args.methods)
     if args.tables_only:
@@ -368,7 +392,8 @@ def cmd_experiment(args) -> int:
 def cmd_sweep(args) -> int:
     from .experiment import load_experiment, run_all, sweep_experiment, write_sweep, write_tables
 
-    stages, sweep = sweep_experiment(load_experiment(args.config, output_dir=args.output_dir), args.alpha, args.method)
+    stages, sweep = sweep_experiment(load_experiment(args.config, output_dir=args.output_dir, overrides=args.set),
+                                     args.alpha, args.method)
     if not args.tables_only:
         run_all(stages, args.seeds, progress=not args.quiet, overrides=args.set)
         run_all(sweep, args.seeds, progress=not args.quiet, overrides=args.set)
@@ -435,37 +460,87 @@ def cmd_evaluate(args) -> int:
 def cmd_caption(args) -> int:
     from .inference import Captioner
 
+    out = _open_output(args.jsonl, "--jsonl")  # refused before any work starts
+    given = _given_lyrics(args.lyrics)
     captioner = Captioner.from_pretrained(args.model, device=args.device)
     captioner.generation = captioner.generation.with_overrides(mixed_precision=args.mixed_precision,
                                                                batch_size=args.batch_size)
-    lyrics = [_lyrics_for(Path(a), args.lyrics) for a in args.audio]
-    captions = captioner.caption_batch(args.audio, lyrics)
-    out = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None
-    for audio, lyr, caption in zip(args.audio, lyrics, captions):
-        if out:
-            out.write(json.dumps({"file": str(audio), "lyrics": lyr, "caption": caption}, ensure_ascii=False) + "\n")
+    if not captioner.uses_music:
+        print(f"note: {args.model} is a lyrics-only model: its captions do not hear the audio", file=sys.stderr)
+    lyrics, failed = {}, {}
+    for audio in args.audio:
+        try:
+            lyrics[audio] = given if given is not None else _sidecar_lyrics(Path(audio))
+        except ValueError as exc:
+            failed[audio] = str(exc)
+    good = [a for a in args.audio if a in lyrics]
+    results = {r.source: r for r in captioner.caption_batch(good, [lyrics[a] for a in good], errors="skip")}
+    captioned = 0
+    for audio in args.audio:
+        result = results.get(str(audio))
+        error = failed.get(audio) or (result.error if result else None)
+        if error:
+            print(f"error: {audio}: {error}", file=sys.stderr)
+            record = {"file": str(audio), "error": error}
         else:
-            print(f"{audio}: {caption}")
+            captioned += 1
+            record = {"file": str(audio), "lyrics": result.lyrics, "caption": result.caption}
+            if not out:
+                print(f"{audio}: {result.caption}")
+        if out:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
     if out:
         out.close()
-        print(f"{len(captions)} captions written to {args.jsonl}")
-    return 0
+        print(f"{captioned} captions written to {args.jsonl}" +
+              (f"; {len(args.audio) - captioned} files failed" if captioned < len(args.audio) else ""))
+    return 0 if captioned == len(args.audio) else 1
 
 
-def _lyrics_for(audio: Path, given: str | None) -> str:
-    """--lyrics as a file or as text; else a sidecar .txt/.lrc next to the audio; else none."""
-    if given:
-        return Path(given).read_text(encoding="utf-8") if Path(given).is_file() else given
+def _open_output(path: str | None, flag: str):
+    """An output file opened for writing now, so a bad path fails before hours of work."""
+    if not path:
+        return None
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot be written ({exc.strerror})") from None
+
+
+def _given_lyrics(given: str | None) -> str | None:
+    """--lyrics as a file or as the text itself."""
+    if given is None:
+        return None
+    path = Path(given)
+    return read_text_file(path, "--lyrics file") if path.is_file() else given
+
+
+def _sidecar_lyrics(audio: Path) -> str:
+    """A .txt or .lrc file next to the audio (LRC time tags dropped); "" when there is none."""
     for suffix in (".txt", ".lrc"):
         sidecar = audio.with_suffix(suffix)
         if sidecar.is_file():
-            text = sidecar.read_text(encoding="utf-8")
+            text = read_text_file(sidecar, "lyrics file")
             if suffix == ".lrc":  # drop [mm:ss.xx] time tags and [ar:...] headers
                 import re
 
                 text = "\n".join(re.sub(r"\[[^\]]*\]", "", line).strip() for line in text.splitlines())
             return text.strip()
     return ""
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A UTF-8 text file (a byte-order mark is fine), or a ValueError naming it and the problem."""
+    from .data.manifest import text_problem
+
+    try:
+        text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: cannot be read ({exc.strerror})") from None
+    problem = text_problem(text)
+    if problem:
+        raise ValueError(f"{what} {path} {problem}")
+    return text
 
 
 def cmd_report(args) -> int:
@@ -764,11 +839,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .audio.cnnsa import CheckpointError
+    from .audio.decode import AudioError
     from .data.manifest import ManifestError
     from .data.store import StoreError
 
     args = build_parser().parse_args(argv)
     import logging
+    import signal
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("alcap: %(message)s"))
@@ -777,11 +854,51 @@ def main(argv: list[str] | None = None) -> int:
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         root.propagate = False  # a library's basicConfig would print every line twice
+    # SIGTERM (timeout, schedulers, `kill`) ends a command the way Ctrl-C does, so what is
+    # done is kept and the command says so; the default handler would just vanish.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _in_main_thread() else None
+    name = f"alcap {args.command}" + (f" {sub}" if (sub := getattr(args, "data_command", None) or
+                                                      getattr(args, "store_command", None)) else "")
     try:
         return args.func(args)
-    except (CheckpointError, ManifestError, StoreError, ValueError) as exc:
-        print(f"alcap {args.command}: error: {exc}", file=sys.stderr)
+    except (CheckpointError, ManifestError, StoreError, AudioError, ValueError) as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"{name}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted; what was finished is kept, run the same command again to continue",
+              file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An operating-system error as one line that names the file and says what to do."""
+    import errno
+
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return (f"{where}no space left on device. Free some space and run the same command again: finished work "
+                "was kept (embedding stores keep every complete batch, training its last saved state)")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{where}permission denied; choose a place this user can write to"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"{where}{exc.strerror}: a part of this path is a file, not a folder; choose another path"
+    return f"{where}{exc.strerror or exc}"
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import torch
 import yaml
@@ -53,7 +54,7 @@ class GenerationConfig:
     no_repeat_ngram_size: int = 0
     batch_size: int = 16
     # Autocast of decoding on a GPU: no, bf16 or fp16 (ignored on the CPU, where it is slower).
-    mixed_precision: str = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
     def check(self) -> None:
         if self.mixed_precision not in AUTOCAST_DTYPES:
@@ -84,7 +85,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 26
     grad_accum_steps: int = 1
-    optimizer: str = "adafactor"  # adafactor (the original's settings) or adamw
+    optimizer: Literal["adafactor", "adamw"] = "adafactor"  # adafactor: the original's settings
     lr: float = 5e-5
     # LR of the fusion and alignment parameters when it should differ from the backbone's
     # (None: the same). New, randomly initialised modules on a pretrained backbone often want more.
@@ -101,7 +102,7 @@ class TrainConfig:
     eval_generate_songs: int | None = None  # caption only the first N validation songs (None: all)
     eval_num_beams: int | None = None  # None: generation.num_beams
     select_metric: str = "val/loss"  # the checkpoint with the best value of this is kept as best/
-    select_mode: str = "auto"  # min, max, or auto: min for losses, max for everything else
+    select_mode: Literal["auto", "min", "max"] = "auto"  # auto: min for losses, max for everything else
 
     def selects_lower(self) -> bool:
         if self.select_mode not in ("auto", "min", "max"):
@@ -109,7 +110,12 @@ class TrainConfig:
         return self.select_mode == "min" or (self.select_mode == "auto" and "loss" in self.select_metric)
     early_stop_patience: int | None = None  # evaluations without improvement before stopping
     seed: int = 2020
-    mixed_precision: str = "no"  # no, bf16, fp16 (GPU)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16/fp16 on a GPU
+    # A step whose loss is NaN or infinite: "stop" the run with an error (the default: bad data
+    # or a diverged model must not become an exported model), or "skip" the batch, logged
+    # as train/skipped_steps, and stop only after max_skipped_steps of them.
+    nonfinite_loss: Literal["stop", "skip"] = "stop"
+    max_skipped_steps: int = 10
     # torch.compile the model (through Accelerate) with dynamic shapes, so dynamic padding does
     # not recompile every batch. Pays off on GPU over long runs; the first steps are slow.
     compile: bool = False
@@ -133,72 +139,237 @@ class RunConfig:
         return asdict(self)
 
     def check(self) -> None:
-        """Settings that are only read late (at the first evaluation): wrong ones fail before training."""
+        """Every value in its range, and the fusion layers inside the backbone: a wrong setting
+        fails when the config is loaded, not deep inside training."""
+        problems = []
+        for key, (valid, expected) in RANGES.items():
+            value = self.get(key)
+            if value is not None and not valid(value):
+                problems.append(f"{key}: {value!r} is out of range (expected {expected})")
+        layers = backbone_encoder_layers(self.model.backbone)
+        alcap = self.model.alcap
+        if alcap.use_music and not alcap.fusion_layers:
+            problems.append("model.alcap.fusion_layers: [] is empty (fuse after at least one encoder layer)")
+        if layers is not None and alcap.use_music:
+            bad = [i for i in alcap.fusion_layers if not 0 <= i < layers]
+            if bad:
+                problems.append(f"model.alcap.fusion_layers: {alcap.fusion_layers} has {bad}, outside the "
+                                f"{layers} encoder layers of {self.model.backbone} (expected 0..{layers - 1})")
+            if alcap.align_layer is not None and not 0 <= alcap.align_layer <= layers:
+                problems.append(f"model.alcap.align_layer: {alcap.align_layer} is outside 0..{layers}")
+        if problems:
+            raise ConfigError("; ".join(problems))
         self.train.selects_lower()
         self.generation.check()
 
+    def get(self, key: str):
+        """The value at a dotted key, e.g. `train.lr`."""
+        value = self
+        for part in key.split("."):
+            value = getattr(value, part)
+        return value
 
-def from_dict(cls, data: dict | None):
-    """Build a (nested) dataclass from a dict, rejecting unknown keys with the valid ones listed."""
-    data = data or {}
+
+def _at_least(low):
+    return (lambda v: v >= low), f">= {low}"
+
+
+_POSITIVE = (lambda v: v > 0), "> 0"
+_FRACTION = (lambda v: 0 <= v < 1), "0 <= value < 1"
+# Ranges of the numeric settings (types are checked by from_dict/typed_value).
+RANGES = {
+    "data.max_lyrics_tokens": _at_least(1), "data.max_caption_tokens": _at_least(1),
+    "data.num_workers": _at_least(0), "model.tokenizer_vocab_size": _at_least(300),
+    "model.alcap.music_dim": _at_least(1), "model.alcap.fusion_heads": _at_least(1),
+    "model.alcap.fusion_residual_scale": _at_least(0), "model.alcap.fusion_dropout": _FRACTION,
+    "model.alcap.alpha": _at_least(0), "model.alcap.temperature": _POSITIVE,
+    "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.grad_accum_steps": _at_least(1),
+    "train.lr": _POSITIVE, "train.new_modules_lr": _POSITIVE, "train.weight_decay": _at_least(0),
+    "train.lr_step_epochs": _at_least(1), "train.lr_gamma": _POSITIVE, "train.warmup_steps": _at_least(0),
+    "train.max_grad_norm": _POSITIVE, "train.eval_every_epochs": _at_least(1),
+    "train.eval_generate_songs": _at_least(1), "train.eval_num_beams": _at_least(1),
+    "train.early_stop_patience": _at_least(1), "train.log_every_steps": _at_least(1),
+    "train.keep_last_states": _at_least(1), "train.save_every_steps": _at_least(1), "train.max_steps": _at_least(1),
+    "train.max_skipped_steps": _at_least(0),
+    "generation.num_beams": _at_least(1), "generation.max_new_tokens": _at_least(1),
+    "generation.min_new_tokens": _at_least(0), "generation.no_repeat_ngram_size": _at_least(0),
+    "generation.batch_size": _at_least(1), "generation.top_p": ((lambda v: 0 < v <= 1), "0 < value <= 1"),
+}
+
+
+KNOWN_HUB_BACKBONES = {"facebook/bart-base": 6, "facebook/bart-large": 12}
+
+
+def backbone_encoder_layers(backbone: str) -> int | None:
+    """Encoder layers of a preset or a local BART directory; None for a hub id (checked when loaded)."""
+    from .model.backbone import PRESETS
+    from .model.captioner import bart_config
+
+    if backbone in PRESETS:
+        return bart_config(backbone, 300).encoder_layers
+    if backbone in KNOWN_HUB_BACKBONES:
+        return KNOWN_HUB_BACKBONES[backbone]
+    config = Path(backbone) / "config.json"
+    try:
+        import json
+
+        return int(json.loads(config.read_text(encoding="utf-8"))["encoder_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class ConfigError(ValueError):
+    """A configuration value of the wrong type or out of range; the message names the key."""
+
+
+def from_dict(cls, data: dict | None, prefix: str = ""):
+    """Build a (nested) dataclass from a dict, rejecting unknown keys with the valid ones listed
+    and every value that does not have its field's type."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'the config'}: expected a mapping of keys to values, "
+                          f"got {data!r}")
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown {prefix.rstrip('.') or cls.__name__} key(s) {', '.join(map(str, unknown))}; "
+                          f"valid: {', '.join(sorted(known))}")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_dict(hint, value)
+            kwargs[name] = from_dict(hint, value, f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(value, hint)
+            kwargs[name] = typed_value(value, hint, f"{prefix}{name}")
     return cls(**kwargs)
 
 
-def _coerce(value: Any, hint) -> Any:
-    """YAML reads `1e-3` as a string and `1` as an int; a float field wants a float."""
-    base = [a for a in get_args(hint) if a is not type(None)] if get_origin(hint) is not None else [hint]
-    if float in base and not isinstance(value, bool):
-        if isinstance(value, int):
+def typed_value(value: Any, hint, key: str) -> Any:
+    """`value` as the type `hint` declares, or a ConfigError naming the key, the value and the type.
+
+    YAML reads `1e-3` as a string and `1` as an int; a float field takes both. An int field
+    takes no fractions and a bool field no words other than YAML's true/false."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return typed_value(value, option, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(options) == 1:
+            raise errors[0]
+        raise ConfigError(f"{key}: {value!r} is none of {', '.join(_type_name(o) for o in options)}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: {value!r} is not a list (write it as [a, b])")
+        return [typed_value(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not a whole number")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):
             try:
                 return float(value)
             except ValueError:
-                raise ValueError(f"expected a number, got {value!r}") from None
+                pass
+        raise ConfigError(f"{key}: {value!r} is not a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # a split or path that YAML read as a number
+        raise ConfigError(f"{key}: {value!r} is not text")
     return value
 
 
-def _parse_value(text: str, hint) -> Any:
-    return _coerce(yaml.safe_load(text), hint)
+def _type_name(hint) -> str:
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(repr, get_args(hint)))
+    return {bool: "true/false", int: "a whole number", float: "a number", str: "text"}.get(hint, str(hint))
+
+
+def _parse_value(text: str, hint, key: str) -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text  # not YAML: taken as the text itself, then type-checked
+    return typed_value(value, hint, key)
 
 
 def apply_override(config: RunConfig, assignment: str) -> None:
     """`train.lr=1e-4` style assignment on the nested config; values are parsed as YAML."""
     if "=" not in assignment:
-        raise ValueError(f"override {assignment!r} is not of the form key.path=value")
+        raise ConfigError(f"override {assignment!r} is not of the form key.path=value")
     path, text = assignment.split("=", 1)
     target = config
     parts = path.strip().split(".")
     for part in parts[:-1]:
         if not dataclasses.is_dataclass(target) or not hasattr(target, part):
-            raise ValueError(f"override {assignment!r}: no section {part!r}")
+            raise ConfigError(f"override {assignment!r}: no section {part!r}")
         target = getattr(target, part)
     name = parts[-1]
     if not dataclasses.is_dataclass(target) or name not in {f.name for f in fields(target)}:
         valid = ", ".join(f.name for f in fields(target)) if dataclasses.is_dataclass(target) else ""
-        raise ValueError(f"override {assignment!r}: unknown key {name!r} (valid here: {valid})")
-    setattr(target, name, _parse_value(text, get_type_hints(type(target))[name]))
+        raise ConfigError(f"override {assignment!r}: unknown key {name!r} (valid here: {valid})")
+    hint = get_type_hints(type(target))[name]
+    if dataclasses.is_dataclass(hint):
+        raise ConfigError(f"override {assignment!r}: {path} is a section; set one of its keys, e.g. "
+                          f"{path}.{fields(hint)[0].name}=...")
+    setattr(target, name, _parse_value(text, hint, path.strip()))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """A YAML file plus overrides; relative data paths are relative to the working directory."""
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {} if path is not None else {}
+    """A YAML file plus overrides, checked (types and ranges) before anything runs; relative
+    data paths are relative to the working directory."""
+    data = read_yaml(path) if path is not None else {}
     config = from_dict(RunConfig, data)
     for assignment in overrides or []:
         apply_override(config, assignment)
+    config.check()
     return config
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from a file, or a ConfigError naming the file and the line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory; give a YAML config file (see configs/)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; is it a YAML config?") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: not valid YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, train:, ...), got "
+                          f"{type(data).__name__}")
+    return data
 
 
 RUN_CONFIG_FILE = "run_config.yaml"  # beside every exported model

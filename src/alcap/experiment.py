@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import RunConfig, apply_override, from_dict
+from .config import RunConfig, apply_override, from_dict, read_yaml
 from .evaluate import METRICS_FILE, PREDICTIONS_FILE
 
 logger = logging.getLogger("alcap.experiment")
@@ -82,7 +82,8 @@ class Experiment:
     def run_dir(self, method: str, seed: int) -> Path:
         return self.output_dir / method / f"seed-{seed}"
 
-    def run_config(self, method: str, seed: int) -> RunConfig:
+    def run_config(self, method: str, seed: int, overrides: list[str] | None = None) -> RunConfig:
+        """The method's config for this seed, with command-line `overrides` applied last, checked."""
         if method not in self.methods:
             raise ValueError(f"unknown method {method!r}; this experiment has {', '.join(self.methods)}")
         config = from_dict(RunConfig, self.base)
@@ -94,12 +95,16 @@ class Experiment:
             apply_override(config, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
         config.train.seed = seed
         config.output_dir = str(self.run_dir(method, seed))
+        for assignment in overrides or []:
+            apply_override(config, assignment)
+        config.check()
         return config
 
 
-def load_experiment(path: str | Path, output_dir: str | None = None) -> Experiment:
+def load_experiment(path: str | Path, output_dir: str | None = None, overrides: list[str] | None = None) -> Experiment:
+    """An experiment file, every method's config checked (with `overrides`) before anything runs."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = read_yaml(path)
     unknown = sorted(set(data) - {"name", "output_dir", "base", "methods", "evaluate"})
     if unknown:
         raise ValueError(f"{path}: unknown experiment key(s) {', '.join(unknown)}; "
@@ -111,7 +116,7 @@ def load_experiment(path: str | Path, output_dir: str | None = None) -> Experime
                             base=data.get("base") or {}, methods={m: dict(o or {}) for m, o in data["methods"].items()},
                             evaluate=from_dict(EvaluateSettings, data.get("evaluate")))
     for method in experiment.methods:  # fail now on a typo, not after hours of training
-        experiment.run_config(method, 0)
+        experiment.run_config(method, 0, overrides)
     return experiment
 
 
@@ -134,9 +139,7 @@ def run_all(experiment: Experiment, seeds: list[int], progress: bool = True, ove
             if (eval_dir / METRICS_FILE).exists():
                 logger.info("%s seed %d: finished, skipped", method, seed)
                 continue
-            config = experiment.run_config(method, seed)
-            for assignment in overrides or []:
-                apply_override(config, assignment)
+            config = experiment.run_config(method, seed, overrides)
             if not (run / "last").exists():  # train() resumes a killed run from its last state
                 logger.info("%s seed %d: training into %s", method, seed, run)
                 train(config, progress=progress)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .audio.cnnsa import CNNSA, load_cnnsa, load_state_dict_strict, random_cnnsa, state_dict_sha256
-from .audio.decode import Excerpt, load_audio
+from .audio.decode import AudioError, Excerpt, load_audio
 from .audio.extractor import CNNSAExtractor, resolve_device
 from .config import GenerationConfig, RunConfig, load_run_config
 from .data.dataset import pad_music
-from .model.captioner import AlcapModel
+from .model.captioner import AlcapModel, ModelDirError, model_directory
 
 ENCODER_DIR = "music_encoder"
 
@@ -51,16 +52,39 @@ def save_music_encoder(extractor: CNNSAExtractor, excerpt: dict, directory: Path
 
 
 def load_music_encoder(directory: Path, device="cpu") -> tuple[CNNSAExtractor, Excerpt]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    meta = json.loads((directory / ENCODER_DIR / "encoder.json").read_text())
-    state = load_file(str(directory / ENCODER_DIR / "model.safetensors"))
-    model = CNNSA(n_tags=state["dense.weight"].shape[0])  # 50 for the MSD tagger; any number for others
-    load_state_dict_strict(model, state, str(directory))
+    encoder_dir = directory / ENCODER_DIR
+    if not encoder_dir.is_dir():
+        raise ModelDirError(f"{encoder_dir}: missing; a music model carries the music encoder its embeddings came "
+                            "from (every exported best/ and last/ has it): copy the model directory again")
+    try:
+        meta = json.loads((encoder_dir / "encoder.json").read_text(encoding="utf-8"))
+        state = load_file(str(encoder_dir / "model.safetensors"))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise ModelDirError(f"{encoder_dir}: missing or damaged music encoder files ({str(exc).splitlines()[0]}); "
+                            "copy the model directory again") from None
+    model = CNNSA(n_tags=state["dense.weight"].shape[0] if "dense.weight" in state else 50)
+    load_state_dict_strict(model, state, str(encoder_dir))
     digest = state_dict_sha256(model.state_dict())
-    if digest != meta["identity"]["weights_sha256"]:
-        raise ValueError(f"{directory / ENCODER_DIR}: weights do not match the recorded sha256")
+    if digest != meta.get("identity", {}).get("weights_sha256"):
+        raise ModelDirError(f"{encoder_dir}: weights do not match the recorded sha256 (damaged copy?)")
     return CNNSAExtractor(model, digest, source=meta["source"], device=device), Excerpt(**meta["excerpt"])
+
+
+@dataclass
+class CaptionResult:
+    """One song of `Captioner.caption_batch`: its caption, or why it could not be captioned."""
+
+    source: str  # the input as given (a path)
+    caption: str | None = None
+    error: str | None = None
+    lyrics: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
 class Captioner:
@@ -79,34 +103,84 @@ class Captioner:
     def from_pretrained(cls, directory: str | Path, device="auto", generation: GenerationConfig | None = None) -> "Captioner":
         from transformers import AutoTokenizer
 
-        directory = Path(directory)
+        directory = model_directory(directory)
         run = load_run_config(directory)
         device = resolve_device(device)
         model = AlcapModel.from_pretrained(directory, device=device)
         extractor, excerpt = None, Excerpt()
         if model.config.use_music:
             extractor, excerpt = load_music_encoder(directory, device)
-        return cls(model, AutoTokenizer.from_pretrained(directory), extractor, excerpt, run, generation, device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+        except (OSError, ValueError) as exc:
+            raise ModelDirError(f"{directory}: the tokenizer files are missing or damaged ({str(exc).splitlines()[0]})") from None
+        return cls(model, tokenizer, extractor, excerpt, run, generation, device)
 
     @property
     def uses_music(self) -> bool:
         return self.model.config.use_music
 
     def caption(self, audio: str | Path | None, lyrics: str | None = None) -> str:
-        return self.caption_batch([audio], [lyrics])[0]
+        """One song's caption; a bad file raises AudioError."""
+        return self.caption_batch([audio], [lyrics])[0].caption
 
-    def caption_batch(self, audios: Sequence, lyrics: Sequence[str | None], progress: bool = False) -> list[str]:
-        """Decode and embed each file (when the model uses music), then caption in batches."""
-        music = None
-        if self.uses_music:
-            waves = [load_audio(a, self.extractor.sample_rate, self.excerpt).samples for a in audios]
-            if len({len(w) for w in waves}) == 1:  # a fixed excerpt: one encoder call per batch
-                size = self.generation.batch_size
-                music = [m.numpy() for i in range(0, len(waves), size)
-                         for m in self.extractor.embed(torch.from_numpy(np.stack(waves[i:i + size])))]
-            else:  # whole files of different lengths
-                music = [self.extractor.embed(torch.from_numpy(w)[None])[0].numpy() for w in waves]
-        return self.caption_embeddings([lyr or "" for lyr in lyrics], music, progress=progress)
+    def caption_batch(self, audios: Sequence, lyrics: Sequence[str | None], errors: str = "raise",
+                      progress: bool = False) -> list["CaptionResult"]:
+        """Caption songs, one result per input in input order.
+
+        Every file is decoded, whatever the model uses: a missing or unreadable file is an
+        error also for a lyrics-only model (which does not hear it). `errors="raise"` raises
+        the first bad file's AudioError before anything is generated; `errors="skip"` returns
+        it as that item's `error` and captions the others."""
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        if len(audios) != len(lyrics):
+            raise ValueError(f"{len(audios)} audio inputs but {len(lyrics)} lyrics")
+        results = [CaptionResult(source=str(a), lyrics=lyr or "") for a, lyr in zip(audios, lyrics)]
+        music: dict[int, np.ndarray] = {}
+        size = self.generation.batch_size
+        for start in range(0, len(audios), size):  # a batch of waves in memory at a time
+            waves = {}
+            for i in range(start, min(start + size, len(audios))):
+                try:
+                    waves[i] = self._decode(audios[i])
+                except AudioError as exc:
+                    if errors == "raise":
+                        raise
+                    results[i].error = exc.reason
+            if self.uses_music:
+                for i, h_m in self._embed(waves).items():
+                    if np.isfinite(h_m).all():
+                        music[i] = h_m
+                    elif errors == "raise":
+                        raise AudioError(results[i].source, "the music encoder produced non-finite values")
+                    else:
+                        results[i].error = "the music encoder produced non-finite values"
+        good = [i for i, r in enumerate(results) if r.error is None]
+        captions = self.caption_embeddings([results[i].lyrics for i in good],
+                                           [music[i] for i in good] if self.uses_music else None, progress=progress)
+        for i, caption in zip(good, captions):
+            results[i].caption = caption
+        return results
+
+    def _decode(self, audio) -> np.ndarray | None:
+        if audio is None:
+            if self.uses_music:
+                raise AudioError("<no audio>", "no audio given; this model hears the music, give an audio file")
+            return None
+        rate = self.extractor.sample_rate if self.extractor is not None else 16000
+        return load_audio(audio, rate, self.excerpt).samples
+
+    def _embed(self, waves: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """h_m per input; equal-length waves (a fixed excerpt) go through the encoder together."""
+        by_length: dict[int, list[int]] = {}
+        for i, wave in waves.items():
+            by_length.setdefault(len(wave), []).append(i)
+        out = {}
+        for group in by_length.values():
+            sequences = self.extractor.embed(torch.from_numpy(np.stack([waves[i] for i in group])))
+            out.update({i: seq.numpy() for i, seq in zip(group, sequences)})
+        return out
 
     @torch.no_grad()
     def caption_embeddings(self, lyrics: Sequence[str], music: Sequence[np.ndarray] | None,

@@ -110,13 +110,25 @@ def test_overrides_are_typed_and_checked():
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("generation.mixed_precision=half", "generation.mixed_precision must be no, bf16 or fp16, not 'half'"),
-    ("train.select_mode=lowest", "train.select_mode must be auto, min or max, not 'lowest'"),
+    ("generation.mixed_precision=half", "generation.mixed_precision: 'half' is not one of 'no', 'bf16', 'fp16'"),
+    ("train.select_mode=lowest", "train.select_mode: 'lowest' is not one of 'auto', 'min', 'max'"),
+    ("train.epochs=three", "train.epochs: 'three' is not a whole number"),
+    ("train.epochs=2.5", "train.epochs: 2.5 is not a whole number"),
+    ("data.length_grouping=maybe", "data.length_grouping: 'maybe' is not true or false"),
+    ("model.alcap.fusion_layers=7", r"model.alcap.fusion_layers: 7 is not a list"),
+    ("model.alcap.fusion_layers=[1, 7]", r"fusion_layers: \[1, 7\] has \[7\], outside the 3 encoder layers of tiny"),
+    ("train.batch_size=0", r"train.batch_size: 0 is out of range \(expected >= 1\)"),
+    ("train.lr=-1e-3", r"train.lr: -0.001 is out of range \(expected > 0\)"),
 ])
-def test_settings_read_at_the_first_evaluation_fail_before_training(tiny_corpus, tmp_path, setting, message):
+def test_a_wrong_setting_is_refused_when_the_config_is_loaded(tiny_corpus, tmp_path, setting, message):
+    """Settings read late (at the first evaluation) or deep inside training fail at load time,
+    naming the key, the value and what is expected; no run directory is made."""
     key, value = setting.split("=")
-    config = tiny_config(tiny_corpus, tmp_path / "run", **{key: value})
     with pytest.raises(ValueError, match=message):
+        tiny_config(tiny_corpus, tmp_path / "run", **{key: value})
+    config = tiny_config(tiny_corpus, tmp_path / "run")
+    config.generation.mixed_precision = "half"  # set in Python, past the loader: train() checks again
+    with pytest.raises(ValueError, match="generation.mixed_precision"):
         train(config, progress=False)
     assert not (tmp_path / "run").exists()  # nothing was trained
 

@@ -78,22 +78,52 @@ class Clip:
         return self.duration * self.sample_rate < len(self.samples) - 0.5
 
 
+MIN_AUDIO_SECONDS = 0.5  # shorter files are no song: the encoder would hear mostly padding
+# A file may decode a little shorter than its header says (MP3 frame padding, encoder delay);
+# more than this is a truncated file whose excerpt would be mostly silence.
+TRUNCATION_TOLERANCE_SECONDS = 0.5
+
+
 def audio_info(path: str | Path) -> sf._SoundFileInfo:
     """Header-only check that a file is decodable audio; raises AudioError otherwise."""
     path = Path(path)
-    if not path.exists():
-        raise AudioError(path, "file not found")
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise AudioError(path, _os_reason(path, exc)) from None
     if path.is_dir():
         raise AudioError(path, "is a directory, not an audio file")
-    if path.stat().st_size == 0:
+    if not path.is_file():
+        raise AudioError(path, "is not a regular file (a pipe, socket or device); give an audio file")
+    if stat.st_size == 0:
         raise AudioError(path, "file is empty (0 bytes)")
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(path, f"not a readable audio file ({_short(exc)})") from None
+    except OSError as exc:
+        raise AudioError(path, _os_reason(path, exc)) from None
     if info.frames <= 0 or info.samplerate <= 0:
         raise AudioError(path, "contains no audio samples")
+    if info.frames < MIN_AUDIO_SECONDS * info.samplerate:
+        raise AudioError(path, f"only {info.frames / info.samplerate:.3f} s of audio; at least "
+                               f"{MIN_AUDIO_SECONDS:g} s is needed")
     return info
+
+
+def _os_reason(path: Path, exc: OSError) -> str:
+    """What an OS error means for an input file, in words (a dangling link is not a loop)."""
+    import errno
+
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (the link points back at itself); fix or remove the link"
+    if exc.errno == errno.ENOENT:
+        return "broken symbolic link (its target does not exist)" if path.is_symlink() else "file not found"
+    if exc.errno == errno.EACCES:
+        return "permission denied (the file is not readable by this user)"
+    if exc.errno == errno.ENOTDIR:
+        return "file not found (a folder in its path is a file)"
+    return exc.strerror or str(exc)
 
 
 def load_audio(path: str | Path, sample_rate: int = 16000, excerpt: Excerpt = Excerpt()) -> Clip:
@@ -109,9 +139,15 @@ def load_audio(path: str | Path, sample_rate: int = 16000, excerpt: Excerpt = Ex
     lead = start if info.format in ("MP3", "MPEG") else 0
     try:
         data, _ = sf.read(str(path), start=start - lead, frames=frames + lead, dtype="float32", always_2d=True)
-        data = data[lead:]
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
         raise AudioError(path, f"decoding failed ({_short(exc)})") from None
+    except OSError as exc:
+        raise AudioError(path, _os_reason(path, exc)) from None
+    if frames + lead - data.shape[0] > TRUNCATION_TOLERANCE_SECONDS * src_rate:
+        decodable = (start - lead + data.shape[0]) / src_rate
+        raise AudioError(path, f"truncated or corrupt: the header declares {total / src_rate:.2f} s but only "
+                               f"{decodable:.2f} s could be decoded")
+    data = data[lead:]
     if data.shape[0] == 0:
         raise AudioError(path, "decoded no samples (truncated or corrupt file)")
     if not np.isfinite(data).all():

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..audio.decode import AudioError, Clip, Excerpt, load_audio
 from ..audio.extractor import MusicExtractor
+from ..utils import die_with_parent
 from .store import EmbeddingWriter, StoreEntry, store_meta
 
 
@@ -70,7 +71,8 @@ def shard_of(song_ids, shard: int, num_shards: int) -> list[str]:
     return sorted(set(map(str, song_ids)))[shard::num_shards]
 
 
-def _quiet_worker(_: int) -> None:
+def _decoding_worker(_: int) -> None:
+    die_with_parent()  # a killed `alcap embed` must not leave workers behind
     torch.set_num_threads(1)  # decoding workers must not compete with the encoder's threads
 
 
@@ -94,7 +96,7 @@ def embed_songs(
             return report
         loader = DataLoader(
             _SongAudio(pending, extractor.sample_rate, excerpt), batch_size=batch_size, shuffle=False,
-            num_workers=workers, collate_fn=list, worker_init_fn=_quiet_worker if workers else None,
+            num_workers=workers, collate_fn=list, worker_init_fn=_decoding_worker if workers else None,
         )
         bar = tqdm(total=len(pending), desc="embedding", unit="song", disable=not progress, dynamic_ncols=True)
         try:

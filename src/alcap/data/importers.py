@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .manifest import text_problem
+
 SI_VARIANTS = {"full": None, "not_negative": 0, "positive": 1}  # minimum votes kept (None: all)
 SI_VARIANT_ALIASES = {"si-full": "full", "full": "full", "voting>=0": "not_negative", "not_negative": "not_negative",
                       "voting>0": "positive", "positive": "positive"}
@@ -55,7 +57,7 @@ def si_variant(name: str) -> str:
 
 # ---------------------------------------------------------------------------- SI: CSV
 
-def read_si_csv_dir(directory: str | Path, variant: str = "full") -> dict[str, list[Record]]:
+def read_si_csv_dir(directory: str | Path, variant: str = "full", skipped: list | None = None) -> dict[str, list[Record]]:
     """{"train": [...], "val": [...], "test": [...]} from the CSV layout."""
     directory, variant = Path(directory), si_variant(variant)
     files = {"train": directory / f"df_{variant}_train.csv", "val": directory / f"df_{variant}_val.csv",
@@ -63,63 +65,114 @@ def read_si_csv_dir(directory: str | Path, variant: str = "full") -> dict[str, l
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise DataImportError(f"SI CSV layout incomplete in {directory}: missing {', '.join(missing)}")
-    return {split: list(_read_table(path, "music4all_id", "lyrics", "comment", None)) for split, path in files.items()}
+    return {split: _read_table(path, "music4all_id", "lyrics", "comment", None, skipped=skipped)
+            for split, path in files.items()}
+
+
+class SkippedRows(list):
+    """Rows left out of an import, each {"file", "line", "reason"}; the rest imports."""
+
+    def add(self, path, line, reason: str) -> None:
+        self.append({"file": str(path), "line": line, "reason": reason})
 
 
 def _read_table(path: Path, id_field: str, lyrics_field: str, caption_field: str, votes_field: str | None,
-                audio_field: str | None = None) -> Iterable[Record]:
-    """Rows of a CSV or JSONL table as Records; a missing column or an empty id names the row."""
-    rows = _table_rows(path)
-    for line, row in rows:
+                audio_field: str | None = None, skipped: list | None = None) -> list[Record]:
+    """Rows of a CSV or JSONL table as Records. A bad row (undecodable, missing a field, empty
+    id) is left out and noted in `skipped`; when no row at all is good, the first problem is
+    raised, since then the field flags or the file are wrong."""
+    skipped = SkippedRows() if skipped is None else skipped
+    before = len(skipped)
+    records = []
+    for line, row in _table_rows(path, skipped):
         missing = [f for f in (id_field, lyrics_field, caption_field) if f not in row]
         if missing:
-            raise DataImportError(f"{path}:{line}: no field {', '.join(map(repr, missing))} (fields: "
-                               f"{', '.join(map(repr, row))}); name the right ones with the field flags")
+            skipped.add(path, line, f"no field {', '.join(map(repr, missing))} (fields: {', '.join(map(repr, row))}); "
+                                    "name the right ones with the field flags")
+            continue
         song_id = str(row[id_field] if row[id_field] is not None else "").strip()
         if not song_id:
-            raise DataImportError(f"{path}:{line}: empty {id_field!r}")
-        yield Record(song_id, _text(row[lyrics_field]), _text(row[caption_field]),
-                     _votes(row.get(votes_field), path, line) if votes_field else None,
-                     _text(row.get(audio_field)) or None if audio_field else None)
+            skipped.add(path, line, f"empty {id_field!r}")
+            continue
+        try:
+            votes = _votes(row.get(votes_field), path, line) if votes_field else None
+        except DataImportError as exc:
+            skipped.add(path, line, str(exc).split(": ", 1)[-1])
+            continue
+        records.append(Record(song_id, _text(row[lyrics_field]), _text(row[caption_field]), votes,
+                              _text(row.get(audio_field)) or None if audio_field else None))
+    if not records and len(skipped) > before:
+        first = skipped[before]
+        raise DataImportError(f"{first['file']}:{first['line']}: {first['reason']} "
+                              f"({len(skipped) - before} rows like it, none imported)")
+    return records
 
 
-def _table_rows(path: Path) -> Iterable[tuple[int, dict]]:
+def _table_rows(path: Path, skipped: SkippedRows) -> Iterable[tuple[int, dict]]:
     if not path.is_file():
         raise DataImportError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: spreadsheet programs start CSV files with a byte-order mark. surrogateescape
+        # keeps an undecodable row readable, so that row alone is reported.
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
+            if reader.fieldnames:
+                reader.fieldnames = [name.strip() for name in reader.fieldnames]
             for row in reader:
+                problem = next((f"field {k!r} {p}" for k, v in row.items()
+                                if isinstance(v, str) and (p := text_problem(v))), None)
+                if problem:
+                    skipped.add(path, reader.line_num, problem)
+                    continue
                 yield reader.line_num, row
     elif suffix in (".jsonl", ".json"):
-        yield from _json_rows(path)
+        yield from _json_rows(path, skipped)
     else:
         raise DataImportError(f"{path}: unknown table format {suffix!r} (use .csv, .jsonl or .json)")
 
 
-def _json_rows(path: Path) -> Iterable[tuple[int, dict]]:
-    """A JSON array of objects, or JSON lines; yields (line or index + 1, object)."""
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
+def _json_rows(path: Path, skipped: SkippedRows | None = None) -> Iterable[tuple[int, dict]]:
+    """A JSON array of objects, or JSON lines; yields (line or index + 1, object). A bad line
+    is noted in `skipped` (or raised without it); a bad JSON array is an error of the file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataImportError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DataImportError(f"{path}: cannot read ({exc.strerror})") from None
+
+    def bad(line_no, reason):
+        if skipped is None:
+            raise DataImportError(f"{path}:{line_no}: {reason}")
+        skipped.add(path, line_no, reason)
+
+    if raw.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
+            data = json.loads(raw.decode("utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DataImportError(f"{path}: not valid JSON ({err})") from None
         for i, obj in enumerate(data, start=1):
             if not isinstance(obj, dict):
                 raise DataImportError(f"{path}: record {i} is not an object")
             yield i, obj
         return
-    for line_no, line in enumerate(io.StringIO(text), start=1):
+    for line_no, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            text = line.decode("utf-8-sig" if line_no == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            bad(line_no, f"not valid UTF-8 (byte {err.start}); save the file as UTF-8")
+            continue
+        try:
+            obj = json.loads(text)
         except json.JSONDecodeError as err:
-            raise DataImportError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+            bad(line_no, f"not valid JSON ({err.msg})")
+            continue
         if not isinstance(obj, dict):
-            raise DataImportError(f"{path}:{line_no}: not a JSON object")
+            bad(line_no, "not a JSON object")
+            continue
         yield line_no, obj
 
 
@@ -173,6 +226,10 @@ def read_si_pickle(path: str | Path) -> list[dict]:
     try:
         with open(path, "rb") as f:
             data = RestrictedUnpickler(f).load()
+    except FileNotFoundError:
+        raise DataImportError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataImportError(f"{path}: is a directory; give the pickle file itself") from None
     except pickle.UnpicklingError as err:
         raise DataImportError(f"{path}: {err}") from None
     except (EOFError, ValueError, TypeError, AttributeError) as err:
@@ -233,7 +290,7 @@ def keep_variant(records: list[Record], variant: str) -> list[Record]:
 def write_manifest(splits: dict[str, list[Record]], out: str | Path, audio_for) -> dict:
     """Write a JSONL manifest; returns counts (rows, songs, empty captions, missing audio)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(out)
     counts = {"rows": 0, "songs": 0, "empty_captions_dropped": 0, "missing_audio": 0}
     songs: set[str] = set()
     missing: set[str] = set()
@@ -260,6 +317,15 @@ def write_manifest(splits: dict[str, list[Record]], out: str | Path, audio_for) 
     return counts
 
 
+def _make_parent(out: Path) -> None:
+    if out.is_dir():
+        raise DataImportError(f"--out {out}: is a directory; give the manifest file to write, e.g. {out}/manifest.jsonl")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise DataImportError(f"--out {out}: cannot create it, {blocker} is a file, not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+
 def import_si(out: str | Path, audio_dir: str | Path, csv_dir: str | Path | None = None,
               pickles: dict[str, str] | None = None, jsons: dict[str, str] | None = None, variant: str = "full",
               id_field: str = "music4all_id", lyrics_field: str = "lyrics", caption_field: str = "comment",
@@ -269,19 +335,20 @@ def import_si(out: str | Path, audio_dir: str | Path, csv_dir: str | Path | None
     if len(sources) != 1:
         raise DataImportError("give exactly one source layout: a CSV directory, pickle files or JSON files")
     variant = si_variant(variant)
+    skipped = SkippedRows()
     if csv_dir:
-        splits = read_si_csv_dir(csv_dir, variant)
+        splits = read_si_csv_dir(csv_dir, variant, skipped)
     else:
         splits = {}
         for split, file in (pickles or jsons).items():
             if split not in SPLITS:
                 raise DataImportError(f"unknown split {split!r} for {file}; use train, val or test")
-            objects = enumerate(read_si_pickle(file), start=1) if pickles else _json_rows(Path(file))
+            objects = enumerate(read_si_pickle(file), start=1) if pickles else _json_rows(Path(file), skipped)
             records = records_from_objects(objects, str(file), id_field, lyrics_field, caption_field, comments_field)
             splits[split] = records if split == "test" else keep_variant(records, variant)
     audio_dir = Path(audio_dir).resolve()
     counts = write_manifest(splits, out, lambda r: audio_dir / f"{r.song_id}{audio_ext}")
-    counts["variant"] = variant
+    counts["variant"], counts["skipped_rows"] = variant, list(skipped)
     return counts
 
 
@@ -297,7 +364,8 @@ def import_table(table: str | Path, out: str | Path, audio_dir: str | Path | Non
     table = Path(table)
     if len(ratios) != 3 or any(r < 0 for r in ratios) or not np.isclose(sum(ratios), 1.0):
         raise DataImportError(f"split ratios {list(ratios)} must be three non-negative numbers summing to 1")
-    records = list(_read_table(table, id_field, lyrics_field, caption_field, None, audio_field))
+    skipped = SkippedRows()
+    records = _read_table(table, id_field, lyrics_field, caption_field, None, audio_field, skipped)
     song_ids = list(dict.fromkeys(r.song_id for r in records))
     order = np.random.default_rng(seed).permutation(len(song_ids))
     n_train = int(round(ratios[0] * len(song_ids)))
@@ -314,5 +382,5 @@ def import_table(table: str | Path, out: str | Path, audio_dir: str | Path | Non
         return base / r.audio if r.audio else base / f"{r.song_id}{audio_ext}"
 
     counts = write_manifest(splits, out, audio_for)
-    counts["seed"], counts["ratios"] = seed, list(ratios)
+    counts["seed"], counts["ratios"], counts["skipped_rows"] = seed, list(ratios), list(skipped)
     return counts

@@ -129,9 +129,10 @@ def _field(record, name: str) -> str:
 
 def _to_row(path: Path, line: int, record: dict, issues: list[RowIssue]) -> ManifestRow | None:
     for name, value in record.items():
-        if isinstance(value, str) and (_has_surrogates(value) or "\x00" in value):
+        problem = text_problem(value) if isinstance(value, str) else None
+        if problem:
             issues.append(RowIssue(line, _field(record, "song_id") or None, "error", "bad_encoding",
-                                   f"field {name!r} is not valid UTF-8 text"))
+                                   f"field {name!r} {problem}"))
             return None
     song_id, audio = _field(record, "song_id").strip(), _field(record, "audio").strip()
     if not song_id or not audio:
@@ -148,8 +149,13 @@ def _to_row(path: Path, line: int, record: dict, issues: list[RowIssue]) -> Mani
     )
 
 
-def _has_surrogates(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
+def text_problem(text: str) -> str | None:
+    """Why a text read with errors="surrogateescape" is not usable text, or None."""
+    if any("\udc80" <= ch <= "\udcff" for ch in text):
+        return "is not valid UTF-8 text (save the file as UTF-8)"
+    if "\x00" in text:
+        return "contains a NUL character (binary data, or UTF-16 text: save the file as UTF-8)"
+    return None
 
 
 def _read_jsonl(path: Path):

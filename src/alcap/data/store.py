@@ -45,6 +45,10 @@ class StoreMismatchError(StoreError):
     pass
 
 
+class NonFiniteEmbeddingError(StoreError):
+    pass
+
+
 @dataclass
 class StoreEntry:
     id: str
@@ -87,7 +91,7 @@ def _read_index(root: Path, dim: int) -> tuple[dict[str, StoreEntry], int, int]:
     """Entries whose rows are fully on disk, plus the byte length of the good index prefix and the row count."""
     data_rows = (root / DATA_FILE).stat().st_size // (dim * DTYPE.itemsize) if (root / DATA_FILE).exists() else 0
     entries: dict[str, StoreEntry] = {}
-    good_bytes = 0
+    good_bytes = used_rows = 0  # songs' rows are appended in index order, so each starts where the last ended
     path = root / INDEX_FILE
     if path.exists():
         with open(path, "rb") as f:
@@ -96,13 +100,19 @@ def _read_index(root: Path, dim: int) -> tuple[dict[str, StoreEntry], int, int]:
                     break  # torn last line from an interrupted write
                 try:
                     entry = StoreEntry(**json.loads(raw))
+                    valid = (isinstance(entry.offset, int) and isinstance(entry.length, int)
+                             and entry.offset >= 0 and entry.length >= 1)
                 except (json.JSONDecodeError, TypeError) as exc:
                     raise StoreError(f"{path}: corrupt index line {raw[:80]!r} ({exc})") from None
-                if entry.offset + entry.length > data_rows:
+                if valid and entry.offset + entry.length > data_rows:
                     break  # index written without its rows: cannot happen with our write order
+                if not valid or entry.offset < used_rows:
+                    raise StoreError(f"{path}: corrupt index line {raw[:80]!r} (rows {entry.offset}+{entry.length} "
+                                     f"are not after the previous song's, which end at row {used_rows}); the store "
+                                     "was edited or damaged: rebuild it with `alcap embed`")
                 entries[entry.id] = entry
                 good_bytes += len(raw)
-    used_rows = max((e.offset + e.length for e in entries.values()), default=0)
+                used_rows = entry.offset + entry.length
     return entries, good_bytes, used_rows
 
 
@@ -128,11 +138,22 @@ class EmbeddingStore:
         return cls(root, meta, entries, rows)
 
     def __getitem__(self, song_id: str) -> np.ndarray:
+        """The song's rows; NaN or infinite values (a damaged file) are refused here, where they
+        enter training or evaluation, with the song named."""
         try:
             e = self._entries[str(song_id)]
         except KeyError:
             raise KeyError(f"song {song_id!r} is not in the embedding store {self.root}") from None
-        return self._data[e.offset : e.offset + e.length]
+        rows = self._data[e.offset : e.offset + e.length]
+        if not np.isfinite(rows).all():
+            raise NonFiniteEmbeddingError(
+                f"song {song_id}: its embedding in {self.root} holds NaN or infinite values (a damaged store); "
+                "rebuild the store with `alcap embed` into a new --out")
+        return rows
+
+    def missing(self, song_ids) -> list[str]:
+        """Those of `song_ids` that have no embedding here, in order, each once."""
+        return [s for s in dict.fromkeys(map(str, song_ids)) if s not in self._entries]
 
     def get(self, song_id: str, dtype=np.float32) -> np.ndarray:
         return np.asarray(self[song_id], dtype=dtype)
@@ -184,6 +205,46 @@ def _read_failures(root: Path) -> dict[str, dict]:
     return out
 
 
+class WriterLock:
+    """The one-writer-per-store lock: a POSIX record lock (`lockf`) on `.lock`.
+
+    Unlike `flock`, a record lock belongs to the process, not to the open file: children made
+    by fork (DataLoader workers) do not hold it, and it is released the moment the writer
+    dies, by kill -9 too, so a rerun can resume at once. A record lock does not exclude the
+    owning process itself, hence the process-wide set of held stores.
+    """
+
+    _held: set[tuple[int, int]] = set()  # (st_dev, st_ino) of lock files this process holds
+
+    def __init__(self, handle, key):
+        self._handle, self._key = handle, key
+
+    @classmethod
+    def acquire(cls, root: Path) -> "WriterLock":
+        handle = open(root / LOCK_FILE, "a+b")
+        stat = os.fstat(handle.fileno())
+        key = (stat.st_dev, stat.st_ino)
+        try:
+            if key in cls._held:
+                raise BlockingIOError
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
+            handle.close()
+            raise StoreError(f"{root}: another process is writing to this store; wait for it to finish "
+                             "(a killed writer releases the store at once)") from None
+        cls._held.add(key)
+        return cls(handle, key)
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._held.discard(self._key)
+            self._handle.close()  # closing releases the record lock
+
+
 @dataclass
 class EmbeddingWriter:
     """Append-only writer holding an exclusive lock on the store directory."""
@@ -197,14 +258,11 @@ class EmbeddingWriter:
     def open(cls, root: str | Path, meta: dict) -> "EmbeddingWriter":
         """Create a store, or reopen one for appending after checking it was built the same way."""
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{root}: is a file, not an embedding store directory; choose another --out")
         root.mkdir(parents=True, exist_ok=True)
         writer = cls(root, meta)
-        writer._lock = open(root / LOCK_FILE, "w")
-        try:
-            fcntl.flock(writer._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            writer._lock.close()
-            raise StoreError(f"{root}: another process is writing to this store") from None
+        writer._lock = WriterLock.acquire(root)
         if (root / META_FILE).exists():
             existing = _read_meta(root)
             diffs = nested_differences({k: existing.get(k) for k in IDENTITY_FIELDS}, {k: meta.get(k) for k in IDENTITY_FIELDS})
@@ -267,10 +325,14 @@ class EmbeddingWriter:
         self._failures.flush()
 
     def close(self) -> None:
+        """Close every file, the lock last, even when a flush fails (a full disk)."""
         for name in ("_data", "_index", "_failures", "_lock"):
             handle = getattr(self, name, None)
             if handle is not None and not handle.closed:
-                handle.close()
+                try:
+                    handle.close()
+                except OSError:
+                    pass  # whatever did not reach the disk is dropped by the next writer's recovery
 
     def __enter__(self) -> "EmbeddingWriter":
         return self

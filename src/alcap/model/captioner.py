@@ -237,16 +237,49 @@ class AlcapModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "AlcapModel":
+        from safetensors import SafetensorError
         from safetensors.torch import load_model
 
-        directory = Path(directory)
-        if not (directory / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{directory}: not an alcap model directory (no {CONFIG_FILE})")
-        config = AlcapConfig(**json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")))
-        bart = BartForConditionalGeneration(BartConfig.from_pretrained(directory))
+        directory = model_directory(directory)
+        try:
+            config = AlcapConfig(**json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as exc:
+            raise ModelDirError(f"{directory / CONFIG_FILE}: unreadable ({exc}); re-export the model") from None
+        try:
+            bart = BartForConditionalGeneration(BartConfig.from_pretrained(directory))
+        except (OSError, ValueError) as exc:
+            raise ModelDirError(f"{directory / 'config.json'}: missing or unreadable BART config "
+                                f"({str(exc).splitlines()[0]}); re-export the model") from None
         model = cls(config, bart)
-        load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise ModelDirError(f"{weights}: missing; the model directory is incomplete (copy it again, or use "
+                                "best/ or last/ of the training run)")
+        try:
+            load_model(model, str(weights), device=str(device))
+        except (SafetensorError, OSError) as exc:
+            raise ModelDirError(f"{weights}: truncated or damaged ({str(exc).splitlines()[0]}); copy it again "
+                                "or re-export the model") from None
+        except RuntimeError as exc:
+            raise ModelDirError(f"{weights}: does not match {CONFIG_FILE} ({str(exc).splitlines()[0][:200]})") from None
         return model.eval()
+
+
+class ModelDirError(ValueError):
+    """A model directory that is missing, incomplete or damaged; the message names the file."""
+
+
+def model_directory(directory: str | Path) -> Path:
+    """`directory` if it looks like an exported alcap model, else a ModelDirError saying why."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise ModelDirError(f"{directory}: model directory not found")
+    if not directory.is_dir():
+        raise ModelDirError(f"{directory}: is a file; give a model directory (best/ or last/ of a training run)")
+    if not (directory / CONFIG_FILE).is_file():
+        hint = " (it is a run directory: use its best/ or last/)" if (directory / "best").is_dir() else ""
+        raise ModelDirError(f"{directory}: not an alcap model directory (no {CONFIG_FILE}){hint}")
+    return directory
 
 
 def bart_config(preset: str, vocab_size: int, **overrides) -> BartConfig:

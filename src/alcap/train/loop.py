@@ -56,6 +56,7 @@ class TrainerState:
     best_value: float | None = None
     evals_without_improvement: int = 0
     history: list = field(default_factory=list)
+    skipped_steps: int = 0  # batches skipped for a non-finite loss (train.nonfinite_loss=skip)
 
 
 def step_lr_factor(step: int, steps_per_epoch: int, step_epochs: int, gamma: float, warmup_steps: int = 0) -> float:
@@ -93,9 +94,11 @@ class RunLog:
         self.path, self.enabled = path, enabled
 
     def write(self, record: dict) -> None:
+        """One line of strict JSON: a NaN or infinite value is written as null (bare NaN is not JSON)."""
         if self.enabled:
+            clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(clean, allow_nan=False) + "\n")
 
 
 def train(config: RunConfig, progress: bool = True) -> dict:
@@ -121,10 +124,8 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     set_seed(tc.seed)
     if (out / "states" / "latest").exists():
         _check_same_run(out, config)  # before config.yaml is rewritten
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
 
+    # The data is checked before the run directory exists: a refused run leaves nothing behind.
     manifest = read_manifest(config.data.manifest)
     use_music = config.model.alcap.use_music
     if use_music and not config.data.embeddings:
@@ -134,6 +135,9 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     if not train_rows:
         raise ValueError(f"{config.data.manifest}: no rows in split {config.data.train_split!r}")
     train_set, val_set = CaptionDataset(train_rows, store), CaptionDataset(val_rows, store)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
 
     # A preset's tokenizer is trained once, at the start; a resumed run reads it back.
     tokenizer_dir = out / "tokenizer"
@@ -168,12 +172,16 @@ def train(config: RunConfig, progress: bool = True) -> dict:
         model, optimizer, train_loader, val_loader, scheduler)
 
     state = TrainerState()
-    latest = out / "states" / "latest"
-    if latest.exists():
-        state_dir = out / "states" / latest.read_text().strip()
-        accelerator.load_state(str(state_dir))
+    if (out / "states" / "latest").exists():
+        state_dir = resume_state_dir(out / "states")
+        try:
+            accelerator.load_state(str(state_dir))
+        except Exception as exc:  # noqa: BLE001 - weights-only unpickling refuses code; say so in one line
+            raise ResumeError(f"{state_dir}: cannot load this resume state ({str(exc).splitlines()[0][:300]}); "
+                              "it was not written by alcap or is damaged. Train into another --output-dir") from None
         state = TrainerState(**json.loads((state_dir / "trainer_state.json").read_text()))
         logger.info("resumed from %s (epoch %d, step %d)", state_dir, state.epoch, state.global_step)
+    song_of_index = {i: s for s, i in train_set.song_index.items()}
 
     log = RunLog(out / "log.jsonl", accelerator.is_main_process)
     bar = tqdm(total=tc.epochs * len(train_loader), initial=state.epoch * len(train_loader) + state.batches_done,
@@ -188,6 +196,13 @@ def train(config: RunConfig, progress: bool = True) -> dict:
         for batch in loader:
             with accelerator.accumulate(model):
                 output = model(**batch)
+                if not _finite_everywhere(accelerator, output.loss):
+                    _nonfinite_loss(config, state, output, batch, song_of_index, out)
+                    optimizer.zero_grad()  # the batch is skipped (train.nonfinite_loss=skip)
+                    state.batches_done += 1
+                    bar.update(1)
+                    log.write({"epoch": state.epoch, "step": state.global_step, "train/skipped_steps": state.skipped_steps})
+                    continue
                 accelerator.backward(output.loss)
                 if tc.max_grad_norm and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
@@ -328,6 +343,10 @@ def _select(accelerator, model, tokenizer, config: RunConfig, out: Path, state: 
     value = metrics.get(tc.select_metric)
     if value is None:
         return False
+    if not math.isfinite(value):  # a diverged model is never the best one
+        logger.warning("%s is %s at epoch %d: not a candidate for best/", tc.select_metric, value, state.epoch)
+        state.evals_without_improvement += 1
+        return bool(tc.early_stop_patience and state.evals_without_improvement >= tc.early_stop_patience)
     better = state.best_value is None or (value < state.best_value if tc.selects_lower() else value > state.best_value)
     if better:
         state.best_value, state.evals_without_improvement = value, 0
@@ -342,9 +361,14 @@ def _export(accelerator, model, tokenizer, config: RunConfig, directory: Path, s
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    bad = [n for n, t in unwrapped.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise NonFiniteError(f"not exporting {directory}: {len(bad)} tensors hold NaN or infinite values "
+                             f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the model diverged")
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(tmp)
+    unwrapped.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     save_config(config, tmp / RUN_CONFIG_FILE)
     if encoder is not None:
@@ -358,11 +382,115 @@ def _save_state(accelerator, out: Path, state: TrainerState, keep: int) -> None:
     name = f"step_{state.global_step:08d}"
     states = out / "states"
     accelerator.save_state(str(states / name))
+    accelerator.wait_for_everyone()  # every process's files are written before they are summed up
     if accelerator.is_main_process:
         (states / name / "trainer_state.json").write_text(json.dumps(state.__dict__), encoding="utf-8")
+        write_checksums(states / name)
         tmp = states / "latest.tmp"
         tmp.write_text(name)
         os.replace(tmp, states / "latest")
         for old in sorted(p for p in states.glob("step_*") if p.is_dir())[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+class NonFiniteError(ValueError):
+    """A NaN or infinite loss or weight: the run stops instead of exporting a broken model."""
+
+
+class ResumeError(ValueError):
+    """A resume state that cannot be trusted (damaged, foreign, or outside the run directory)."""
+
+
+def _finite_everywhere(accelerator, loss: torch.Tensor) -> bool:
+    """True when every process's loss is finite, so all processes skip or stop together."""
+    finite = torch.isfinite(loss.detach()).float().reshape(1)
+    return bool(accelerator.gather(finite).min() > 0) if accelerator.num_processes > 1 else bool(finite)
+
+
+def _nonfinite_loss(config: RunConfig, state: TrainerState, output, batch, song_of_index: dict, out: Path) -> None:
+    """Stop with the batch's songs named, or count a skipped batch (train.nonfinite_loss=skip)."""
+    tc = config.train
+    songs = sorted({song_of_index.get(int(i), str(int(i))) for i in batch["song_ids"].tolist()})
+    parts = {k: float(getattr(output, k).detach()) for k in LOSS_KEYS if getattr(output, k) is not None}
+    where = (f"epoch {state.epoch + 1}, batch {state.batches_done + 1} (step {state.global_step}); songs "
+             f"{', '.join(songs[:8])}{' ...' if len(songs) > 8 else ''}")
+    losses = ", ".join(f"{k} {v}" for k, v in parts.items())
+    if tc.nonfinite_loss == "skip" and state.skipped_steps < tc.max_skipped_steps:
+        state.skipped_steps += 1
+        logger.warning("skipped a batch with a non-finite loss (%s) at %s [%d of at most %d]", losses, where,
+                       state.skipped_steps, tc.max_skipped_steps)
+        return
+    latest = out / "states" / "latest"
+    kept = f"the last good resume state is states/{latest.read_text().strip()}" if latest.is_file() else \
+        "no resume state was saved yet"
+    advice = ("more than train.max_skipped_steps batches were skipped" if tc.nonfinite_loss == "skip" else
+              "to skip such batches instead, set train.nonfinite_loss=skip")
+    raise NonFiniteError(f"non-finite loss ({losses}) at {where}. Nothing was exported from it and {kept}. "
+                         f"Check the data (`alcap data validate`, `alcap store info`) or lower train.lr; {advice}")
+
+
+CHECKSUMS_FILE = "checksums.json"
+
+
+def write_checksums(state_dir: Path) -> None:
+    """Size and sha256 of every file of a resume state, checked before the state is loaded."""
+    sums = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(state_dir.iterdir()) if p.is_file() and p.name != CHECKSUMS_FILE}
+    (state_dir / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1) + "\n", encoding="utf-8")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_problem(state_dir: Path) -> str | None:
+    """Why a resume state must not be loaded (a file missing, truncated or changed), or None."""
+    try:
+        sums = json.loads((state_dir / CHECKSUMS_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {CHECKSUMS_FILE} (an incomplete save, or a state from an older alcap)"
+    except (OSError, ValueError) as exc:
+        return f"{CHECKSUMS_FILE} unreadable ({exc})"
+    if "trainer_state.json" not in sums:
+        return "no trainer_state.json"
+    for name, expected in sums.items():
+        path = state_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {expected['bytes']} were written (truncated?)"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} differs from what was written (sha256 mismatch)"
+    return None
+
+
+def resume_state_dir(states: Path) -> Path:
+    """The state to resume from: the one `states/latest` names, verified; when it is damaged,
+    the newest older state that verifies, with a warning. `latest` may only name a
+    `step_N` folder inside `states/`."""
+    import re
+
+    name = (states / "latest").read_text(encoding="utf-8").strip()
+    if not re.fullmatch(r"step_\d+", name) or not (states / name).is_dir():
+        raise ResumeError(f"{states / 'latest'}: names {name!r}, which is not a resume state in {states} "
+                          "(expected step_N); the run directory was edited or damaged")
+    candidates = [states / name] + sorted((p for p in states.glob("step_*") if p.is_dir() and p.name < name),
+                                          reverse=True)
+    problems = []
+    for candidate in candidates:
+        problem = state_problem(candidate)
+        if problem is None:
+            if problems:
+                logger.warning("resume state %s is damaged (%s); resuming from the older %s instead",
+                               states / name, problems[0], candidate.name)
+            return candidate
+        problems.append(problem)
+    raise ResumeError(f"{states / name}: damaged resume state ({problems[0]}) and no older complete state to "
+                      "fall back to; delete the run directory to start again, or train into another --output-dir")
