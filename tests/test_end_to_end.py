@@ -60,8 +60,9 @@ def test_train_evaluate_caption(tiny_corpus, tmp_path, capsys):
     assert captioner.caption(audio, lyrics=line["lyrics"]) == line["caption"]
     # Batched encoding (one encoder call for equal-length excerpts) gives the same captions.
     other = tiny_corpus / "corpus" / manifest[-1]["audio"]
-    assert captioner.caption_batch([audio, other], [line["lyrics"], None]) == \
-        [line["caption"], captioner.caption(other)]
+    results = captioner.caption_batch([audio, other], [line["lyrics"], None])
+    assert [(r.source, r.caption, r.error) for r in results] == \
+        [(str(audio), line["caption"], None), (str(other), captioner.caption(other), None)]
 
     assert main(["report", str(tmp_path), "--captions", str(out_file)]) == 0
     report = (tmp_path / "report.md").read_text()

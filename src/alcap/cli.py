@@ -179,6 +179,14 @@ def cmd_embed(args) -> int:
     if manifest.issues:
         print(f"note: {len(manifest.issues)} manifest rows could not be read; `alcap data validate {args.manifest}` lists them",
               file=sys.stderr)
+    conflicts = {sid: rows for sid, rows in manifest.conflicting_audio().items() if sid in songs}
+    for song_id, rows in list(conflicts.items())[:5]:
+        others = ", ".join(f"{r.audio} (line {r.line})" for r in rows[1:])
+        print(f"warning: song {song_id} has rows with different audio files; embedding {rows[0].audio} (line "
+              f"{rows[0].line}), not {others}", file=sys.stderr)
+    if len(conflicts) > 5:
+        print(f"warning: ... {len(conflicts) - 5} more songs with conflicting audio; `alcap data validate "
+              f"{args.manifest}` lists them all", file=sys.stderr)
     extractor = _extractor(args)
     print(f"embedding {len(songs)} songs from {args.manifest} with {extractor.name} "
           f"({extractor.describe()['weights_source']}, sha256 {extractor.weights_sha256[:12]}) on {extractor.device}",

@@ -38,6 +38,8 @@ def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | N
         raise ValueError(f"no rows in split {split!r} of {manifest or run.data.manifest}")
     items = songs_with_references(rows)[:limit]
     store = EmbeddingStore.open(embeddings or run.data.embeddings) if captioner.uses_music else None
+    if store is not None:
+        store.require([s["song_id"] for s in items], f"songs of split {split!r}")
     predictions, metrics, per_song = caption_and_score(captioner, items, store, progress=progress)
     metrics.update({"split": split, "model": str(model_dir)})
     out = Path(out_dir or model_dir / f"eval-{split}")

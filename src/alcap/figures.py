@@ -58,6 +58,7 @@ def inspect_model(model_dir: str | Path, split: str = "test", songs: int | None 
             raise ValueError(f"song(s) {', '.join(missing)} not in split {split!r} of {run.data.manifest}")
         items = [(s, lyrics_of[s]) for s in song_ids]
     items = items[:songs]
+    store.require([s for s, _ in items], f"songs of split {split!r}")
     tokens, attentions, z_m, z_t = [], [], [], []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]

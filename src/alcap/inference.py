@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .audio.cnnsa import CNNSA, load_cnnsa, load_state_dict_strict, random_cnnsa, state_dict_sha256
+from .audio.cnnsa import CNNSA, CheckpointError, load_cnnsa, load_state_dict_strict, random_cnnsa, state_dict_sha256
 from .audio.decode import AudioError, Excerpt, load_audio
 from .audio.extractor import CNNSAExtractor, resolve_device
 from .config import GenerationConfig, RunConfig, load_run_config
@@ -26,17 +26,24 @@ from .model.captioner import AlcapModel, ModelDirError, model_directory
 ENCODER_DIR = "music_encoder"
 
 
-def extractor_from_store_meta(meta: dict, device="cpu") -> CNNSAExtractor:
+def extractor_from_store_meta(meta: dict, device="cpu", store_root: str | Path | None = None) -> CNNSAExtractor:
     """Rebuild the encoder a store was made with (its weights file or its random-init seed)."""
     identity = meta["extractor"]
     source = meta.get("info", {}).get("extractor", {}).get("weights_source", "")
+    recorded = f"{Path(store_root) / 'store.json'} records" if store_root else "the store records"
     if source.startswith("random-init (seed "):
         model, digest = random_cnnsa(int(source[len("random-init (seed "):-1]))
     else:
-        model, digest = load_cnnsa(source)
+        try:
+            model, digest = load_cnnsa(source)
+        except CheckpointError as exc:
+            hint = (" (a relative path, resolved from this working directory: run from the directory the store "
+                    "was made in, or re-embed)") if not Path(source).is_absolute() else ""
+            raise CheckpointError(f"{recorded} that its embeddings came from the music encoder {source!r}, which "
+                                  f"cannot be loaded{hint}: {exc}") from None
     if digest != identity["weights_sha256"]:
-        raise ValueError(f"the music encoder at {source!r} has sha256 {digest[:12]}, but the embeddings were made "
-                         f"with {identity['weights_sha256'][:12]}")
+        raise ValueError(f"{recorded} music-encoder weights sha256 {identity['weights_sha256'][:12]}, but {source!r} "
+                         f"now has {digest[:12]}: the checkpoint file was replaced")
     return CNNSAExtractor(model, digest, source=source, device=device)
 
 

@@ -242,3 +242,121 @@ def test_torchrun_with_two_cpu_processes_trains_one_model(tiny_corpus, tmp_path)
     best = max(evals, key=lambda r: r["val/rouge1_recall"])["val/rouge1_recall"]
     assert json.loads(done.stdout.splitlines()[0].split("best val/rouge1_recall ")[1].split()[0]) == pytest.approx(best, abs=1e-4)
     assert AlcapModel.from_pretrained(tmp_path / "run" / "best").config.alpha == 0.02
+
+
+def _same_weights(a_dir, b_dir):
+    a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_damaged_resume_state_falls_back_to_the_previous_one_loudly(tiny_corpus, tmp_path, caplog):
+    """Accelerate skips a truncated random_states_0.pkl without a word, so the resumed run drew
+    other random numbers; the checksums written with each state catch it."""
+    train(tiny_config(tiny_corpus, tmp_path / "straight", **{"train.epochs": 3}), progress=False)
+    train(tiny_config(tiny_corpus, tmp_path / "resumed"), progress=False)  # 2 epochs: a state at each end
+    states = tmp_path / "resumed" / "states"
+    newest = states / (states / "latest").read_text()
+    rng = newest / "random_states_0.pkl"
+    rng.write_bytes(rng.read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="alcap.train"):
+        summary = train(tiny_config(tiny_corpus, tmp_path / "resumed", **{"train.epochs": 3}), progress=False)
+    assert "random_states_0.pkl has 100 bytes" in caplog.text and "resuming from the older" in caplog.text
+    assert summary["global_step"] == 3 * batches_per_epoch(tiny_corpus)
+    _same_weights(tmp_path / "straight" / "last", tmp_path / "resumed" / "last")
+
+
+def test_latest_must_name_a_state_inside_the_run(tiny_corpus, tmp_path):
+    config = tiny_config(tiny_corpus, tmp_path / "run", **{"train.max_steps": 1})
+    train(config, progress=False)
+    (tmp_path / "run" / "states" / "latest").write_text("../../elsewhere")
+    with pytest.raises(ValueError, match=r"names '../../elsewhere', which is not a resume state"):
+        train(tiny_config(tiny_corpus, tmp_path / "run"), progress=False)
+    (tmp_path / "run" / "states" / "latest").write_text("step_00000001")
+    for sums in (tmp_path / "run" / "states").glob("step_*/checksums.json"):
+        sums.unlink()  # no state can be verified: refuse rather than load unverified files
+    with pytest.raises(ValueError, match="damaged resume state .*no checksums.json.* no older complete state"):
+        train(tiny_config(tiny_corpus, tmp_path / "run"), progress=False)
+
+
+def test_a_hostile_optimizer_state_is_refused_and_never_run(tiny_corpus, tmp_path):
+    import pickle
+
+    from alcap.train.loop import write_checksums
+
+    train(tiny_config(tiny_corpus, tmp_path / "run", **{"train.max_steps": 1}), progress=False)
+    state = tmp_path / "run" / "states" / (tmp_path / "run" / "states" / "latest").read_text()
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            import os
+            return os.system, (f"touch {marker}",)
+
+    (state / "optimizer.bin").write_bytes(pickle.dumps({"state": Exploit()}))
+    write_checksums(state)  # whoever planted it could rewrite the checksums too
+    with pytest.raises(ValueError, match="cannot load this resume state"):
+        train(tiny_config(tiny_corpus, tmp_path / "run"), progress=False)
+    assert not marker.exists()
+
+
+def _poison_store(source, target):
+    import shutil
+
+    import numpy as np
+
+    shutil.copytree(source, target)
+    data = np.memmap(target / "embeddings.f16", dtype="<f2", mode="r+")
+    data[:] = np.nan
+    data.flush()
+
+
+def test_non_finite_embeddings_stop_training_with_the_song_named(tiny_corpus, tmp_path):
+    _poison_store(tiny_corpus / "store", tmp_path / "nan-store")
+    config = tiny_config(tiny_corpus, tmp_path / "run", **{"data.embeddings": str(tmp_path / "nan-store")})
+    from alcap.data.store import StoreError
+
+    with pytest.raises(StoreError, match=r"song demo\d+: its embedding in .*nan-store holds NaN or infinite values"):
+        train(config, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_non_finite_loss_stops_the_run_and_nothing_is_exported(tiny_corpus, tmp_path, monkeypatch):
+    from alcap.model.captioner import AlcapModel
+
+    forward = AlcapModel.forward
+    calls = {"n": 0}
+
+    def diverging(self, *args, **kwargs):  # the loss of the third training batch is NaN
+        out = forward(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(AlcapModel, "forward", diverging)
+    with pytest.raises(ValueError, match=r"non-finite loss \(loss nan.*at epoch 1, batch 3 \(step 2\); songs demo\d+, .*no resume state was saved yet"):
+        train(tiny_config(tiny_corpus, tmp_path / "stop"), progress=False)
+    run = tmp_path / "stop"
+    assert not (run / "last").exists()
+    for line in (run / "log.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in log.jsonl"))
+
+    calls["n"] = 0
+    summary = train(tiny_config(tiny_corpus, tmp_path / "skip", **{"train.nonfinite_loss": "skip"}), progress=False)
+    records = [json.loads(line) for line in (tmp_path / "skip" / "log.jsonl").read_text().splitlines()]
+    assert [r["train/skipped_steps"] for r in records if "train/skipped_steps" in r] == [1]
+    assert summary["global_step"] == 2 * batches_per_epoch(tiny_corpus) - 1  # one batch had no optimiser step
+    weights = load_file(tmp_path / "skip" / "last" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_the_log_stays_strict_json_when_a_value_is_not_finite(tmp_path):
+    from alcap.train.loop import RunLog
+
+    log = RunLog(tmp_path / "log.jsonl", enabled=True)
+    log.write({"step": 1, "val/loss": float("nan"), "train/loss": float("inf"), "lr": 1e-3})
+    assert json.loads((tmp_path / "log.jsonl").read_text()) == {"step": 1, "val/loss": None, "train/loss": None,
+                                                                "lr": 1e-3}

@@ -9,6 +9,7 @@ vector prepended -> 2-layer post-LN transformer without position embeddings -> h
 from __future__ import annotations
 
 import hashlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +137,12 @@ class CNNSAOutput:
     tag_logits: torch.Tensor  # (B, n_tags): before the sigmoid (for a numerically stable training loss)
 
 
+TIME_STRIDE = 8  # layers 1-3 halve time
+# Whole songs run through the CNN in chunks (see CNNSA.convolve). The receptive field reaches
+# 85 mel frames to each side (3 + 6 + 12 from layers 1-3, 16 from each of layers 4-7).
+CONV_CHUNK_FRAMES, CONV_HALO_FRAMES = 2048, 88
+
+
 class CNNSA(nn.Module):
     """CNN + self-attention music tagger; ALCAP uses its last-layer sequence as h_m."""
 
@@ -173,9 +180,26 @@ class CNNSA(nn.Module):
         return self.attend(self.convolve(wave))
 
     def convolve(self, wave: torch.Tensor) -> torch.Tensor:
-        """The CNN half: (B, N) waveform -> (B, T', 256) time-major feature sequence."""
-        x = self.spec(wave).unsqueeze(1)  # (B, 1, 128, T)
-        x = self.spec_bn(x)
+        """The CNN half: (B, N) waveform -> (B, T', 256) time-major feature sequence.
+
+        A long input (a whole song) runs through the CNN in chunks of CONV_CHUNK_FRAMES mel
+        frames, each with CONV_HALO_FRAMES of context on both sides, so its memory is that of
+        a short excerpt (a 10-minute song took 2.6 GB in one piece). The halo covers the CNN's
+        receptive field and chunks start on its time stride (8), so the result is the
+        unchunked one (tested)."""
+        x = self.spec_bn(self.spec(wave).unsqueeze(1))  # (B, 1, 128, T)
+        frames = x.shape[-1]
+        if frames <= CONV_CHUNK_FRAMES + 2 * CONV_HALO_FRAMES:
+            return self._cnn(x)
+        pieces = []
+        for start in range(0, frames, CONV_CHUNK_FRAMES):
+            end = min(start + CONV_CHUNK_FRAMES, frames)
+            lo, hi = max(0, start - CONV_HALO_FRAMES), min(frames, end + CONV_HALO_FRAMES)
+            first = (start - lo) // TIME_STRIDE
+            pieces.append(self._cnn(x[..., lo:hi])[:, first:first + -(-end // TIME_STRIDE) - start // TIME_STRIDE])
+        return torch.cat(pieces, dim=1)
+
+    def _cnn(self, x: torch.Tensor) -> torch.Tensor:
         for block in (self.layer1, self.layer2, self.layer3, self.layer4, self.layer5, self.layer6, self.layer7):
             x = block(x)
         return x.squeeze(2).transpose(1, 2)  # (B, 256, 1, T') -> (B, T', 256)
@@ -216,8 +240,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights-only loading met a class: never unpickled, it could run code
+        raise CheckpointError(f"{path}: holds Python objects other than tensors (e.g. a whole pickled model), "
+                              "which alcap does not load since unpickling them could run code; save the weights "
+                              "with torch.save(model.state_dict(), path)") from None
     except Exception as exc:  # noqa: BLE001 - any failure to read is reported with the file name
-        raise CheckpointError(f"{path}: cannot read checkpoint ({exc})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot read checkpoint ({first[:200]}); is it a truncated download?") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

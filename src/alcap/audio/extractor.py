@@ -61,7 +61,8 @@ class CNNSAExtractor(MusicExtractor):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto") -> "CNNSAExtractor":
         model, digest = load_cnnsa(path)
-        return cls(model, digest, source=str(path), device=device)
+        # Resolved: stores and models record the source, and are used from other directories.
+        return cls(model, digest, source=str(Path(path).resolve()), device=device)
 
     @classmethod
     def random_init(cls, seed: int = 0, device: str | torch.device = "auto") -> "CNNSAExtractor":

@@ -36,6 +36,9 @@ class CaptionDataset(Dataset):
                     "Run `alcap embed` on the manifest first (failed songs are listed in its failures.jsonl).")
         songs = sorted({r.song_id for r in self.rows})
         self.song_index = {s: i for i, s in enumerate(songs)}
+        if store is not None:
+            for song_id in songs:  # one pass over the rows now, so a damaged song fails before training
+                store[song_id]
 
     def __len__(self) -> int:
         return len(self.rows)

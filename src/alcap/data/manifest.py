@@ -70,6 +70,13 @@ class Manifest:
             out.setdefault(row.song_id, row.audio)
         return out
 
+    def conflicting_audio(self) -> dict[str, list[ManifestRow]]:
+        """Songs whose rows name different audio files: song id -> the first row of each file."""
+        firsts: dict[str, dict[str, ManifestRow]] = {}
+        for row in self.rows:
+            firsts.setdefault(row.song_id, {}).setdefault(row.audio, row)
+        return {sid: list(files.values()) for sid, files in firsts.items() if len(files) > 1}
+
     def split(self, name: str) -> list[ManifestRow]:
         return [r for r in self.rows if r.split == name]
 

@@ -155,6 +155,18 @@ class EmbeddingStore:
         """Those of `song_ids` that have no embedding here, in order, each once."""
         return [s for s in dict.fromkeys(map(str, song_ids)) if s not in self._entries]
 
+    def require(self, song_ids, what: str) -> None:
+        """A StoreError listing how many and which of `song_ids` (`what`, e.g. "songs of split 'test'")
+        have no embedding here, before any work on them starts."""
+        wanted = list(dict.fromkeys(map(str, song_ids)))
+        missing = self.missing(wanted)
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            failed = {f["id"] for f in self.failures()} & set(missing)
+            note = f" ({len(failed)} failed to embed: see {self.root / FAILURES_FILE})" if failed else ""
+            raise StoreError(f"{self.root}: no embedding for {len(missing)} of the {len(wanted)} {what}: {shown}"
+                             f"{note}. Run `alcap embed` on the manifest with --out {self.root} to add them")
+
     def get(self, song_id: str, dtype=np.float32) -> np.ndarray:
         return np.asarray(self[song_id], dtype=dtype)
 

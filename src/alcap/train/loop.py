@@ -135,6 +135,8 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     if not train_rows:
         raise ValueError(f"{config.data.manifest}: no rows in split {config.data.train_split!r}")
     train_set, val_set = CaptionDataset(train_rows, store), CaptionDataset(val_rows, store)
+    # The music encoder behind the store travels with every exported model (see inference.py).
+    encoder = extractor_from_store_meta(store.meta, store_root=store.root) if store is not None else None
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
@@ -149,8 +151,6 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     model = AlcapModel(config.model.alcap, bart)
     if use_music and config.model.alcap.music_standardize:
         model.set_music_statistics(*music_statistics(store, {r.song_id for r in train_set.rows}))
-    # The music encoder behind the store travels with every exported model (see inference.py).
-    encoder = extractor_from_store_meta(store.meta) if store is not None else None
 
     collate = CaptionCollator(tokenizer, config.data.max_lyrics_tokens, config.data.max_caption_tokens)
     # Loaders get generators of their own: starting an iterator must not draw from the global
