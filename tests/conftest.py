@@ -51,3 +51,22 @@ def tiny_corpus(tmp_path_factory):
     embed_songs(songs, CNNSAExtractor.random_init(0, device="cpu"), root / "store", excerpt=Excerpt(seconds=2.0),
                 workers=0, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_corpus, tmp_path_factory):
+    """A music model and a lyrics-only model trained one epoch on `tiny_corpus`: {"music", "lyrics"} -> best/."""
+    from alcap.config import load_config
+    from alcap.train.loop import train
+
+    root = tmp_path_factory.mktemp("models")
+    common = [f"data.manifest={tiny_corpus / 'corpus' / 'manifest.jsonl'}", "model.backbone=tiny",
+              "model.tokenizer_vocab_size=400", "model.alcap.fusion_layers=[1, 2]", "train.epochs=1",
+              "train.batch_size=8", "train.optimizer=adamw", "train.lr=1e-3", "train.eval_generate=false",
+              "data.max_caption_tokens=48", "generation.max_new_tokens=12", "generation.num_beams=1"]
+    models = {}
+    for name, sets in (("music", [f"data.embeddings={tiny_corpus / 'store'}"]),
+                       ("lyrics", ["model.alcap.use_music=false"])):
+        train(load_config(None, common + sets + [f"output_dir={root / name}"]), progress=False)
+        models[name] = root / name / "best"
+    return models

@@ -69,3 +69,31 @@ def test_generation_autocasts_only_where_asked_and_on_a_gpu():
         captioner.generation.autocast_dtype = lambda device, dtype=pretend: dtype  # as it answers on a GPU
         captioner.caption_embeddings(LYRICS[:2], music)
         assert model.batches == [(expected, torch.bfloat16)]
+
+
+def test_one_bad_file_costs_only_itself_and_lyrics_only_models_still_check_files(tmp_path):
+    from helpers import tone, write_audio
+
+    from alcap.audio.decode import AudioError
+
+    class LyricsEcho(EchoModel):
+        config = SimpleNamespace(use_music=False)
+
+        def generate(self, input_ids, attention_mask, **kwargs):
+            self.batches.append(attention_mask.sum(1).tolist())
+            return input_ids
+
+    _, tokenizer = load_backbone("tiny", LYRICS * 4, vocab_size=300)
+    model = LyricsEcho()
+    captioner = Captioner(model, tokenizer, None, Excerpt(seconds=2.0), RunConfig(), GenerationConfig(batch_size=2))
+    good = [write_audio(tmp_path / f"{i}.wav", tone(2.0, 16000), 16000) for i in range(3)]
+    files = [good[0], tmp_path / "missing.wav", good[1], good[2]]
+    with pytest.raises(AudioError, match="missing.wav: file not found"):
+        captioner.caption_batch(files, LYRICS[:4])
+    assert model.batches == []  # raised before anything was generated
+
+    results = captioner.caption_batch(files, LYRICS[:4], errors="skip")
+    assert [(r.source, r.ok) for r in results] == [(str(f), f != files[1]) for f in files]
+    assert results[1].error == "file not found" and results[1].caption is None
+    assert [r.caption for r in results if r.ok] == [LYRICS[i].strip() for i in (0, 2, 3)]
+    assert captioner.caption(None, LYRICS[0]) == LYRICS[0]  # no audio at all is fine for a lyrics-only model

@@ -141,3 +141,26 @@ def test_random_init_is_reproducible_and_leaves_global_rng_alone():
     assert torch.equal(before, after)
     assert digest_a == digest_b == state_dict_sha256(b.state_dict())
     assert random_cnnsa(1)[1] != digest_a
+
+
+def test_a_whole_song_runs_through_the_cnn_in_exact_chunks(monkeypatch):
+    """Chunks with a halo that covers the receptive field give the unchunked features; a
+    halo that is too small does not (so the comparison can fail)."""
+    import alcap.audio.cnnsa as cnnsa
+
+    torch.manual_seed(0)
+    model = cnnsa.CNNSA().eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    wave = 0.1 * torch.randn(1, 16000 * 40 + 123)  # 2501 mel frames: not a multiple of the stride
+    with torch.no_grad():
+        whole = model._cnn(model.spec_bn(model.spec(wave).unsqueeze(1)))
+        monkeypatch.setattr(cnnsa, "CONV_CHUNK_FRAMES", 512)
+        chunked = model.convolve(wave)
+        monkeypatch.setattr(cnnsa, "CONV_HALO_FRAMES", 40)
+        too_little_context = model.convolve(wave)
+    assert chunked.shape == whole.shape == (1, 313, 256)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
+    assert (too_little_context - whole).abs().max() > 1e-3

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -118,3 +120,24 @@ def test_mp3_middle_excerpt_equals_the_whole_decode_and_is_silent(audio_dir, cap
     n = int(10.0 * spec.sample_rate)
     start = (int(round(whole.source_duration * spec.sample_rate)) - n) // 2
     np.testing.assert_array_equal(excerpt.samples, whole.samples[start : start + n])
+
+
+def test_files_that_are_not_songs_say_why(audio_dir, tmp_path):
+    loop = tmp_path / "loop.wav"
+    os.symlink(loop, loop)
+    dangling = tmp_path / "dangling.wav"
+    os.symlink(tmp_path / "gone.wav", dangling)
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    one = write_audio(audio_dir / "one.wav", np.zeros((1, 1), dtype=np.float32), 16000)
+    full = write_audio(audio_dir / "full.mp3", tone(20.0, 44100), 44100)
+    cut = audio_dir / "cut.mp3"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size * 17 // 100])
+    expected = {loop: "symbolic link loop", dangling: "broken symbolic link", fifo: "is not a regular file",
+                one: "only 0.000 s of audio; at least 0.5 s is needed",
+                cut: r"truncated or corrupt: the header declares 20.00 s but only 3.\d+ s could be decoded"}
+    for path, reason in expected.items():
+        for excerpt in (Excerpt(), Excerpt(position="start"), Excerpt(seconds=None)):
+            with pytest.raises(AudioError, match=reason):
+                load_audio(path, 16000, excerpt)
+    assert load_audio(full, 16000, Excerpt(seconds=None)).duration == pytest.approx(20.0, abs=0.05)

@@ -110,3 +110,39 @@ def test_wrong_embedding_width_is_an_error(tmp_path):
     with EmbeddingWriter.open(tmp_path, META) as w:
         with pytest.raises(StoreError, match=r"song a: embedding shape \(3, 4\)"):
             w.add_batch([(entry("a"), np.zeros((3, 4)))])
+
+
+def test_a_killed_writer_frees_the_store_even_while_its_forked_children_live(tmp_path):
+    """flock belonged to the open file, so DataLoader workers forked by a killed `alcap embed`
+    kept the store locked; the writer's record lock dies with the writer."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from alcap.data.store import EmbeddingWriter, store_meta
+        meta = store_meta({{"name": "fake", "weights_sha256": "abc", "dim": 8}}, 16000,
+                          {{"seconds": 15.0, "position": "middle", "offset": 0.0}}, 8)
+        writer = EmbeddingWriter.open({str(tmp_path)!r}, meta)
+        child = os.fork()
+        if child == 0:
+            time.sleep(60)  # a worker that outlives its parent
+            os._exit(0)
+        print(child, flush=True)
+        time.sleep(60)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        with pytest.raises(StoreError, match="another process is writing"):
+            EmbeddingWriter.open(tmp_path, META)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        os.kill(child, 0)  # the forked child still lives ...
+        with EmbeddingWriter.open(tmp_path, META) as w:  # ... and the store is free at once
+            w.add_batch([(entry("a"), arrays(1)[0])])
+    finally:
+        os.kill(child, signal.SIGKILL)
+    assert EmbeddingStore.open(tmp_path).song_ids == ["a"]

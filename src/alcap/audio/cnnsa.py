@@ -240,11 +240,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # weights-only loading met a class: never unpickled, it could run code
-        raise CheckpointError(f"{path}: holds Python objects other than tensors (e.g. a whole pickled model), "
-                              "which alcap does not load since unpickling them could run code; save the weights "
-                              "with torch.save(model.state_dict(), path)") from None
     except Exception as exc:  # noqa: BLE001 - any failure to read is reported with the file name
+        if isinstance(exc, pickle.UnpicklingError):  # torch's text advises weights_only=False: never here
+            import re
+
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+            if found:  # weights-only loading met a class; it is never built, since that could run code
+                raise CheckpointError(f"{path}: holds Python objects other than tensors (a pickled {found.group(1)}), "
+                                      "which alcap does not load since unpickling them could run code; save the "
+                                      "weights with torch.save(model.state_dict(), path)") from None
+            raise CheckpointError(f"{path}: cannot read checkpoint (not a PyTorch checkpoint, or a damaged one)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: cannot read checkpoint ({first[:200]}); is it a truncated download?") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
