@@ -264,6 +264,25 @@ refused_setting("data.length_grouping=maybe", r"data\.length_grouping: 'maybe' i
 
 
 @case
+def train_output_dir_under_a_file(env, tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    return Fault(train_argv(env, tmp_path / "afile" / "run"), 2, r"afile/run: .*a part of this path is a file")
+
+
+@case
+def train_from_a_store_recording_a_relative_encoder_path(env, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    shutil.copytree(env["store"], store)
+    meta = json.loads((store / "store.json").read_text())
+    meta["info"]["extractor"]["weights_source"] = "models/msd/attention/best_model.pth"  # as older alcap wrote it
+    (store / "store.json").write_text(json.dumps(meta))
+    return Fault(train_argv(env, tmp_path / "run", f"data.embeddings={store}"), 2,
+                 r"store/store\.json records that its embeddings came from the music encoder "
+                 r"'models/msd/attention/best_model\.pth', which cannot be loaded \(a relative path",
+                 lambda o, e: not (tmp_path / "run").exists())
+
+
+@case
 def train_on_a_store_full_of_nan(env, tmp_path, monkeypatch):
     store = tmp_path / "nan-store"
     shutil.copytree(env["store"], store)

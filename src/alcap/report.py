@@ -130,7 +130,8 @@ def write_report(runs_dir: str | Path, split: str = "test", samples: int = 4, ca
         lines += [f"- {name}: {predictions[name][i]['prediction']}" for name in names] + [""]
     if captions_file and Path(captions_file).exists():
         lines += ["## Held-out songs captioned from their audio files (`alcap caption`)", ""]
-        lines += [f"- `{Path(r['file']).name}`: {r['caption']}" for r in read_jsonl(Path(captions_file))]
+        lines += [f"- `{Path(r['file']).name}`: " + (r["caption"] if "caption" in r else f"(failed: {r['error']})")
+                  for r in read_jsonl(Path(captions_file))]
     report = runs_dir / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report

@@ -164,3 +164,12 @@ def test_a_whole_song_runs_through_the_cnn_in_exact_chunks(monkeypatch):
     assert chunked.shape == whole.shape == (1, 313, 256)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
     assert (too_little_context - whole).abs().max() > 1e-3
+
+
+def test_the_recorded_encoder_path_is_absolute(cnnsa_checkpoint, monkeypatch):
+    """A store or model records where its encoder came from and is used from other directories."""
+    from alcap.audio.extractor import CNNSAExtractor
+
+    monkeypatch.chdir(cnnsa_checkpoint.parent.parent)
+    extractor = CNNSAExtractor.from_checkpoint("attention/best_model.pth", device="cpu")
+    assert extractor.source == str(cnnsa_checkpoint) and extractor.describe()["weights_source"] == str(cnnsa_checkpoint)

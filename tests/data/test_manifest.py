@@ -106,3 +106,17 @@ def test_nothing_usable_is_not_ok(tmp_path):
     path = tmp_path / "m.jsonl"
     write_manifest(path, [{"song_id": "1", "audio": "gone.wav", "lyrics": "", "caption": "c", "split": "train"}])
     assert not validate_manifest(read_manifest(path)).ok
+
+
+def test_binary_and_misencoded_fields_are_told_apart(corpus):
+    path = corpus / "m.csv"
+    path.write_bytes(b"song_id,audio,lyrics,caption,split\n"
+                     b"1,audio/a.wav,la\x00la,c,train\n"
+                     b"2,audio/a.wav,cora\xe7\xe3o,c,train\n"
+                     b"3,audio/a.wav,fine,c,train\n")
+    m = read_manifest(path)
+    assert [r.song_id for r in m] == ["3"]
+    assert [(i.line, i.message) for i in m.issues] == [
+        (2, "field 'lyrics' contains a NUL character (binary data, or UTF-16 text: save the file as UTF-8)"),
+        (3, "field 'lyrics' is not valid UTF-8 text (save the file as UTF-8)")]
+    assert m.conflicting_audio() == {}
