@@ -34,3 +34,19 @@ def die_with_parent() -> None:
         return
     if os.getppid() != parent:  # the parent died before the request was made
         os._exit(1)
+
+
+def refused_pickle(exc: BaseException) -> str | None:
+    """What a weights-only `torch.load` refused, in words, or None for other errors.
+
+    torch's own message advises `weights_only=False`, which would run the file's code: alcap
+    never does that, so it never repeats the advice."""
+    import pickle
+    import re
+
+    if not isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" not in str(exc):
+        return None
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    what = f" (a pickled {found.group(1)})" if found else ""
+    return (f"holds Python objects other than tensors{what}, which alcap does not load since unpickling them "
+            "could run code")

@@ -133,7 +133,10 @@ def test_files_that_are_not_songs_say_why(audio_dir, tmp_path):
     full = write_audio(audio_dir / "full.mp3", tone(20.0, 44100), 44100)
     cut = audio_dir / "cut.mp3"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size * 17 // 100])
-    expected = {loop: "symbolic link loop", dangling: "broken symbolic link", fifo: "is not a regular file",
+    garbage = audio_dir / "garbage.mp3"
+    garbage.write_bytes(b"\xff\xfb\x90\x00" + b"garbage" * 300)  # libsndfile: "(possibly a pipe?)"
+    expected = {garbage: r"not a readable audio file \(no decodable audio frames: a corrupt file, or not audio",
+                loop: "symbolic link loop", dangling: "broken symbolic link", fifo: "is not a regular file",
                 one: "only 0.000 s of audio; at least 0.5 s is needed",
                 cut: r"truncated or corrupt: the header declares 20.00 s but only 3.\d+ s could be decoded"}
     for path, reason in expected.items():

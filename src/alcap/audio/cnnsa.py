@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..utils import refused_pickle
 from .frontend import MelFrontEnd
 
 HIDDEN = 256
@@ -241,14 +242,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read is reported with the file name
-        if isinstance(exc, pickle.UnpicklingError):  # torch's text advises weights_only=False: never here
-            import re
-
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-            if found:  # weights-only loading met a class; it is never built, since that could run code
-                raise CheckpointError(f"{path}: holds Python objects other than tensors (a pickled {found.group(1)}), "
-                                      "which alcap does not load since unpickling them could run code; save the "
-                                      "weights with torch.save(model.state_dict(), path)") from None
+        refused = refused_pickle(exc)
+        if refused and "a pickled" in refused:
+            raise CheckpointError(f"{path}: {refused}; save the weights with torch.save(model.state_dict(), path)") from None
+        if isinstance(exc, pickle.UnpicklingError):
             raise CheckpointError(f"{path}: cannot read checkpoint (not a PyTorch checkpoint, or a damaged one)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: cannot read checkpoint ({first[:200]}); is it a truncated download?") from None

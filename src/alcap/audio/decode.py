@@ -100,7 +100,7 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise AudioError(path, f"not a readable audio file ({_short(exc)})") from None
+        raise AudioError(path, f"not a readable audio file ({_libsndfile_reason(exc)})") from None
     except OSError as exc:
         raise AudioError(path, _os_reason(path, exc)) from None
     if info.frames <= 0 or info.samplerate <= 0:
@@ -179,6 +179,17 @@ def split_windows(samples: np.ndarray, window: int) -> np.ndarray:
     out = np.zeros((n, window), dtype=np.float32)
     out.reshape(-1)[: len(samples)] = samples
     return out
+
+
+def _libsndfile_reason(exc: Exception) -> str:
+    """libsndfile's reason without the path it repeats; its "does not exist or is not a regular
+    file (possibly a pipe?)" is said of regular files with no decodable frames too."""
+    text = _short(exc)
+    if text.startswith("Error opening "):
+        text = text.split(": ", 1)[-1]
+    if "possibly a pipe" in text:
+        return "no decodable audio frames: a corrupt file, or not audio at all"
+    return text.rstrip(".")
 
 
 def _short(exc: Exception) -> str:

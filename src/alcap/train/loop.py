@@ -37,7 +37,7 @@ from ..evaluate import caption_and_score, songs_with_references
 from ..inference import Captioner, extractor_from_store_meta, save_music_encoder
 from ..model.backbone import load_backbone
 from ..model.captioner import AlcapModel
-from ..utils import nested_differences
+from ..utils import nested_differences, refused_pickle
 
 logger = logging.getLogger("alcap.train")
 # Accelerate warns at every save_state that BART's tied embeddings are stored once; the resume
@@ -177,8 +177,9 @@ def train(config: RunConfig, progress: bool = True) -> dict:
         try:
             accelerator.load_state(str(state_dir))
         except Exception as exc:  # noqa: BLE001 - weights-only unpickling refuses code; say so in one line
-            raise ResumeError(f"{state_dir}: cannot load this resume state ({str(exc).splitlines()[0][:300]}); "
-                              "it was not written by alcap or is damaged. Train into another --output-dir") from None
+            reason = refused_pickle(exc) or str(exc).splitlines()[0][:300]
+            raise ResumeError(f"{state_dir}: cannot load this resume state ({reason}); it was not written by alcap "
+                              "or is damaged. Train into another --output-dir") from None
         state = TrainerState(**json.loads((state_dir / "trainer_state.json").read_text()))
         logger.info("resumed from %s (epoch %d, step %d)", state_dir, state.epoch, state.global_step)
     song_of_index = {i: s for s, i in train_set.song_index.items()}
