@@ -109,6 +109,18 @@ def caption_lyrics_only_model_missing_file(env, tmp_path, monkeypatch):
 
 
 @case
+def caption_only_bad_files(env, tmp_path, monkeypatch):
+    out = tmp_path / "c.jsonl"
+
+    def check(out_text, err):
+        assert jsonl(out) == [{"file": str(tmp_path / "a.wav"), "error": "file not found"},
+                              {"file": str(tmp_path / "b.wav"), "error": "file not found"}]
+        assert "0 captions written" in out_text and "2 files failed" in out_text
+    return Fault(["caption", tmp_path / "a.wav", tmp_path / "b.wav", "--model", env["music"], "--jsonl", out], 1,
+                 r"b\.wav: file not found", check)
+
+
+@case
 def caption_unwritable_jsonl_refused_before_work(env, tmp_path, monkeypatch):
     out = tmp_path / "no" / "such" / "dir" / "c.jsonl"
     return Fault(["caption", *env["good"], "--model", env["music"], "--jsonl", out], 2,

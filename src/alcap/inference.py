@@ -164,6 +164,8 @@ class Captioner:
                     else:
                         results[i].error = "the music encoder produced non-finite values"
         good = [i for i, r in enumerate(results) if r.error is None]
+        if not good:
+            return results
         captions = self.caption_embeddings([results[i].lyrics for i in good],
                                            [music[i] for i in good] if self.uses_music else None, progress=progress)
         for i, caption in zip(good, captions):
