@@ -8,6 +8,8 @@ import pytest
 from alcap.cli import main
 from alcap.inference import Captioner
 
+from helpers import require_wordnet
+
 
 def test_train_evaluate_caption(tiny_corpus, tmp_path, capsys):
     run = tmp_path / "run"
@@ -27,7 +29,9 @@ def test_train_evaluate_caption(tiny_corpus, tmp_path, capsys):
     metrics = json.loads((run / "best" / "eval-test" / "metrics.json").read_text())
     for key in ("rouge1_recall", "rouge2_recall", "rougeL_recall", "rouge1_f1", "rouge2_f1", "rougeL_f1"):
         assert 0 <= metrics[key] <= 1
-    assert metrics["meteor"] is None or 0 <= metrics["meteor"] <= 1
+    if metrics["meteor"] is None:
+        require_wordnet()  # fails in CI, skips elsewhere: METEOR must not vanish silently
+    assert 0 <= metrics["meteor"] <= 1
     assert metrics["generation"]["num_beams"] == 2 and metrics["songs"] > 0
     assert metrics["generation"]["batch_size"] == 3 and metrics["generation"]["mixed_precision"] == "no"  # CPU
     rows = [json.loads(line) for line in (run / "best" / "eval-test" / "predictions.jsonl").read_text().splitlines()]

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from alcap.audio.cnnsa import (
     CNNSA, CheckpointError, TransformerLayer, fixed_cls_vector, load_cnnsa, random_cnnsa, read_state_dict,
@@ -173,3 +174,72 @@ def test_the_recorded_encoder_path_is_absolute(cnnsa_checkpoint, monkeypatch):
     monkeypatch.chdir(cnnsa_checkpoint.parent.parent)
     extractor = CNNSAExtractor.from_checkpoint("attention/best_model.pth", device="cpu")
     assert extractor.source == str(cnnsa_checkpoint) and extractor.describe()["weights_source"] == str(cnnsa_checkpoint)
+
+
+def reference_cnnsa(state: dict, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original CNNSA (Won et al. 2019; SPEC section 3) written out with plain functional ops
+    from the checkpoint's tensors alone: mel (B, 128, T) -> (h_m, tag probabilities)."""
+    def bn(x, name):
+        return F.batch_norm(x, state[f"{name}.running_mean"], state[f"{name}.running_var"], state[f"{name}.weight"],
+                            state[f"{name}.bias"], training=False, eps=1e-5)
+
+    def conv(x, name, stride):
+        return F.conv2d(x, state[f"{name}.weight"], state[f"{name}.bias"], stride=stride, padding=1)
+
+    x = bn(mel.unsqueeze(1), "spec_bn")
+    strides = [2, 2, 2, (2, 1), (2, 1), (2, 1), (2, 1)]
+    for i, stride in enumerate(strides, start=1):
+        body = bn(conv(F.relu(bn(conv(x, f"layer{i}.conv_1", stride), f"layer{i}.bn_1")), f"layer{i}.conv_2", 1),
+                  f"layer{i}.bn_2")
+        shortcut = bn(conv(x, f"layer{i}.conv_3", stride), f"layer{i}.bn_3")  # every block changes shape
+        x = F.relu(shortcut + body)
+    x = x.squeeze(2).permute(0, 2, 1)  # (B, 256, 1, T') -> (B, T', 256)
+    np.random.seed(0)
+    cls = torch.tensor(np.random.random((1, 256)), dtype=torch.float32).expand(x.shape[0], 1, 256)
+    h = torch.cat([cls, x], dim=1)
+
+    def linear(t, name):
+        return F.linear(t, state[f"{name}.weight"], state[f"{name}.bias"])
+
+    def layer_norm(t, name):
+        u = t.mean(-1, keepdim=True)
+        s = (t - u).pow(2).mean(-1, keepdim=True)
+        return state[f"{name}.weight"] * (t - u) / torch.sqrt(s + 1e-12) + state[f"{name}.bias"]
+
+    b, n, d = h.shape
+    for i in (0, 1):
+        pre = f"encoder.layer.{i}"
+
+        def heads(t):
+            return t.view(b, n, 8, d // 8).permute(0, 2, 1, 3)
+
+        q, k, v = (heads(linear(h, f"{pre}.attention.self.{w}")) for w in ("query", "key", "value"))
+        ctx = (torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // 8), dim=-1) @ v).permute(0, 2, 1, 3).reshape(b, n, d)
+        h = layer_norm(linear(ctx, f"{pre}.attention.output.dense") + h, f"{pre}.attention.output.LayerNorm")
+        inter = linear(h, f"{pre}.intermediate.dense")
+        inter = inter * 0.5 * (1.0 + torch.erf(inter / math.sqrt(2.0)))
+        h = layer_norm(linear(inter, f"{pre}.output.dense") + h, f"{pre}.output.LayerNorm")
+    pooled = torch.tanh(linear(h[:, 0], "pooler.dense"))
+    return h, torch.sigmoid(linear(pooled, "dense"))
+
+
+def test_the_whole_forward_equals_the_original_maths_written_out():
+    """Guards every part of the CNN (e.g. each block's final ReLU) and the transformer, on
+    random weights with non-trivial BatchNorm statistics and affine parameters."""
+    torch.manual_seed(3)
+    model = CNNSA().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    wave = 0.1 * torch.randn(2, 48000)
+    with torch.no_grad():
+        out = model(wave)
+        mel = model.spec(wave)  # the front end is checked against librosa in test_frontend.py
+        sequence, probs = reference_cnnsa({k: v.clone() for k, v in model.state_dict().items()}, mel)
+    assert out.sequence.shape == sequence.shape == (2, 1 + 24, 256)
+    torch.testing.assert_close(out.sequence, sequence, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.tag_probs, probs, rtol=1e-4, atol=1e-5)

@@ -3,7 +3,9 @@ import pytest
 from alcap.metrics.captioning import (
     bootstrap_interval, caption_metrics, caption_scores, meteor, rouge, tokenizer_for_meteor,
 )
-from alcap.metrics.wordnet import install_from_debian, lexnames_text, wordnet_status
+from alcap.metrics.wordnet import install_from_debian, lexnames_text
+
+from helpers import require_wordnet
 
 REF = "the cat sat on the mat"
 
@@ -20,7 +22,20 @@ def test_rouge_by_hand():
 def test_rouge_takes_the_best_reference_and_averages():
     m = rouge(["the cat sat", "a dog"], [["a bird flew", REF], "a dog"])
     assert m["rouge1_recall"] == pytest.approx((0.5 + 1.0) / 2)
-    assert m["rouge1_recall"] == rouge(["the cat sat", "a dog"], [["a bird flew", REF], "a dog"])["rouge1_recall"]
+    # The best reference is the one with the highest F1, and its recall is reported (rouge-score's
+    # score_multi): "a dog" vs "dog" has R 1, F1 2/3; vs "a dog barked" R 2/3, F1 0.8, which wins.
+    m = rouge(["a dog"], [["dog", "a dog barked"]])
+    assert m["rouge1_recall"] == pytest.approx(2 / 3) and m["rouge1_f1"] == pytest.approx(0.8)
+
+
+def test_rouge_is_the_papers_no_stemming_and_tokenises_like_rouge_score():
+    """Stemming would match cats~cat, songs~song and sings~sing (recall 3/5 instead of 1/5)."""
+    m = rouge(["the cats sang songs"], ["the cat sings a song"])
+    assert m["rouge1_recall"] == pytest.approx(1 / 5) and m["rouge1_precision"] == pytest.approx(1 / 4)
+    # Lower-cased, split on anything that is not a letter or digit: punctuation and case never count.
+    m = rouge(["Piano-driven, SLOW!"], ["a slow piano driven ballad"])
+    assert m["rouge1_recall"] == pytest.approx(3 / 5) and m["rouge2_recall"] == pytest.approx(1 / 4)
+    assert m["rougeL_recall"] == pytest.approx(2 / 5)  # LCS "piano driven" (slow comes first in the reference)
 
 
 def test_per_song_scores_come_with_the_metrics():
@@ -29,9 +44,9 @@ def test_per_song_scores_come_with_the_metrics():
     assert metrics == caption_metrics(predictions, references)
     assert per_song["rouge1_recall"] == [pytest.approx(3 / 6), pytest.approx(1.0)]  # best reference each
     assert per_song["rouge2_recall"] == [pytest.approx(2 / 5), pytest.approx(1.0)]
-    if wordnet_status()[0]:
-        assert sum(per_song["meteor"]) / 2 == pytest.approx(metrics["meteor"])
-        assert per_song["meteor"][0] == pytest.approx(meteor(["the cat sat"], [REF])["meteor"])
+    require_wordnet()
+    assert sum(per_song["meteor"]) / 2 == pytest.approx(metrics["meteor"])
+    assert per_song["meteor"][1] == pytest.approx(1 - 0.5 * (1 / 2) ** 3, abs=1e-6)  # identical: one chunk of 2
 
 
 def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_songs():
@@ -45,8 +60,8 @@ def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_songs():
     assert bootstrap_interval(np.full(10, 0.3)) == (pytest.approx(0.3), pytest.approx(0.3))
 
 
-@pytest.mark.skipif(not wordnet_status()[0], reason="WordNet is set up by `make`")
 def test_meteor_by_hand():
+    require_wordnet()
     # Identical: P = R = 1, one chunk of 6 matches: 1 - 0.5 * (1/6)^3.
     assert meteor([REF], [REF])["meteor"] == pytest.approx(1 - 0.5 * (1 / 6) ** 3, abs=1e-6)
     # "a cat" vs "a cat sat on the mat": P = 1, R = 2/6, Fmean = PR / (0.9 P + 0.1 R),
@@ -66,9 +81,28 @@ def test_metrics_have_the_documented_keys_in_range():
     m = caption_metrics(["a slow piano song about love", "fast synth"], ["a slow piano ballad about love", "a fast synth track"])
     for key in ("rouge1_recall", "rouge2_recall", "rougeL_recall", "rouge1_f1", "rouge2_f1", "rougeL_f1"):
         assert 0 <= m[key] <= 1
-    assert m["meteor"] is None or 0 <= m["meteor"] <= 1
-    if m["meteor"] is None:
-        assert "wordnet" in m["meteor_unavailable"].lower()
+    require_wordnet()
+    assert 0 < m["meteor"] < 1 and m["meteor_tokenizer"]
+
+
+def test_without_wordnet_meteor_is_unavailable_with_the_reason_never_zero(monkeypatch):
+    import alcap.metrics.wordnet as wordnet
+
+    monkeypatch.setattr(wordnet, "wordnet_status", lambda: (False, "NLTK cannot find WordNet; run make"))
+    m = caption_metrics(["a slow piano song"], ["a slow piano ballad"])
+    assert m["meteor"] is None and m["meteor_unavailable"] == "NLTK cannot find WordNet; run make"
+    assert m["rouge1_recall"] == pytest.approx(3 / 4)
+
+
+def test_ci_fails_where_wordnet_is_missing(monkeypatch, capsys):
+    import alcap.metrics.wordnet as wordnet
+
+    monkeypatch.setattr(wordnet, "wordnet_status", lambda: (False, "no WordNet"))
+    monkeypatch.setattr(wordnet, "DEBIAN_DIR", wordnet.Path("/nonexistent"))
+    monkeypatch.setenv("CI", "true")
+    assert wordnet.setup() == 1 and "CI needs WordNet" in capsys.readouterr().err
+    monkeypatch.setenv("CI", "")
+    assert wordnet.setup() == 0  # a user without root still gets a working install, without METEOR
 
 
 def test_fallback_tokenizer_splits_sentences_like_word_tokenize():

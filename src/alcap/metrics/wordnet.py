@@ -60,16 +60,26 @@ def install_from_debian(source: Path = DEBIAN_DIR, nltk_root: Path | None = None
     return target
 
 
+def wordnet_required() -> bool:
+    """In CI (CI=true) a missing WordNet is a failure, not a METEOR reported as unavailable:
+    otherwise every METEOR check could vanish without a word."""
+    import os
+
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
 def setup() -> int:
     ok, reason = wordnet_status()
-    if ok:
-        print(f"METEOR: {reason} is available")
-        return 0
-    if (DEBIAN_DIR / "data.noun").is_file():
+    if not ok and (DEBIAN_DIR / "data.noun").is_file():
         target = install_from_debian()
         ok, reason = wordnet_status()  # NLTK's lazy loader retries after a failed lookup
         print(f"METEOR: copied Debian's WordNet to {target}: {reason}")
+    if ok:
+        print(f"METEOR: {reason} is available")
         return 0
+    if wordnet_required():
+        print(f"error: CI needs WordNet for METEOR and it is not usable: {reason}", file=sys.stderr)
+        return 1
     print(f"note: METEOR will be reported as unavailable: {reason}", file=sys.stderr)
     return 0
 
