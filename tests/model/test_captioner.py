@@ -207,3 +207,87 @@ def test_music_standardisation_uses_saved_statistics(tmp_path):
     model.save_pretrained(tmp_path)
     again = AlcapModel.from_pretrained(tmp_path)
     assert torch.equal(again.music_mean, mean) and torch.equal(again.music_std, std)
+
+
+def test_without_fusion_training_mode_is_exactly_hf_bart_dropout_included():
+    """Same seed, train mode: ALCAP's own encoder loop draws the same dropout masks as HF's
+    (embedding dropout, layer dropout), so a missing dropout anywhere shows."""
+    model = tiny_model(use_music=False, alpha=0.0).train()
+    assert model.bart.config.dropout > 0
+    ids, mask, labels, _ = batch()
+    torch.manual_seed(11)
+    ours = model(ids, mask, labels)
+    model.bart.set_attn_implementation("sdpa")
+    torch.manual_seed(11)
+    ref = model.bart(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False)
+    assert torch.equal(ours.logits, ref.logits) and torch.equal(ours.loss, ref.loss)
+    torch.manual_seed(12)
+    assert not torch.equal(model(ids, mask, labels).logits, ours.logits)  # dropout is really on
+
+
+@pytest.mark.parametrize("align_layer", [None, 0])
+def test_alignment_reads_the_lyrics_states_before_any_fusion(monkeypatch, align_layer):
+    """"Align before fuse": the head's input is HF's hidden_states[k], the states entering layer k."""
+    from alcap.model.alignment import AlignmentHead
+
+    model = tiny_model(align_layer=align_layer)  # fusion after layers 1 and 2; k = 1 by default
+    seen = {}
+    forward = AlignmentHead.forward
+
+    def spy(self, lyrics_states, *args):
+        seen["states"] = lyrics_states
+        return forward(self, lyrics_states, *args)
+
+    monkeypatch.setattr(AlignmentHead, "forward", spy)
+    ids, mask, labels, music = batch()
+    with torch.no_grad():
+        model(ids, mask, labels, music=music)
+        hf = model.bart.get_encoder()(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    k = model.config.alignment_layer()
+    assert k == (1 if align_layer is None else 0)
+    torch.testing.assert_close(seen["states"], hf.hidden_states[k], rtol=0, atol=1e-6)
+    assert not torch.allclose(seen["states"], hf.hidden_states[k + 1], atol=1e-3)
+
+
+def fusion_by_hand(block, text, music, music_mask):
+    """LayerNorm(h + 0.1 * g * attn) with attn = MHA(W_q h, W_k m, W_v m), written out."""
+    d, heads = text.shape[-1], block.attention.num_heads
+    q, k, v = block.query(text), block.key(music), block.value(music)
+    w_q, w_k, w_v = block.attention.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = block.attention.in_proj_bias.chunk(3)
+    q, k, v = q @ w_q.T + b_q, k @ w_k.T + b_k, v @ w_v.T + b_v
+
+    def split(t):  # (B, L, d) -> (B, heads, L, d / heads)
+        return t.view(t.shape[0], t.shape[1], heads, d // heads).transpose(1, 2)
+
+    scores = split(q) @ split(k).transpose(-1, -2) / (d // heads) ** 0.5
+    scores = scores.masked_fill(~music_mask.bool()[:, None, None, :], float("-inf"))
+    attn = (scores.softmax(-1) @ split(v)).transpose(1, 2).reshape(text.shape)
+    attn = attn @ block.attention.out_proj.weight.T + block.attention.out_proj.bias
+    if block.gate is not None:
+        attn = torch.sigmoid(torch.cat([text, attn], -1) @ block.gate.weight.T + block.gate.bias) * attn
+    h = text + block.residual_scale * attn
+    mean, var = h.mean(-1, keepdim=True), h.var(-1, unbiased=False, keepdim=True)
+    return (h - mean) / torch.sqrt(var + block.layer_norm.eps) * block.layer_norm.weight + block.layer_norm.bias
+
+
+@pytest.mark.parametrize("shared, gate, heads", [(True, False, 1), (False, True, 2), (True, True, 1), (False, False, 2)])
+def test_the_fusion_block_is_the_formula_at_each_fusion_layer(shared, gate, heads):
+    model = tiny_model(fusion_shared=shared, fusion_forget_gate=gate, fusion_heads=heads)
+    with torch.no_grad():
+        for block in model.fusion:  # non-trivial LayerNorm and gate parameters
+            block.layer_norm.weight.uniform_(0.5, 1.5)
+            block.layer_norm.bias.uniform_(-0.2, 0.2)
+    calls = []
+    hooks = [block.register_forward_hook(lambda mod, args, out, j=j: calls.append((j, args, out[0])))
+             for j, block in enumerate(model.fusion)]
+    ids, mask, labels, music = batch()
+    music_mask = torch.ones(3, 11, dtype=torch.long)
+    music_mask[2, 7:] = 0
+    with torch.no_grad():
+        model(ids, mask, labels, music=music, music_mask=music_mask)
+        for j, (text, m, m_mask, _), out in calls:
+            torch.testing.assert_close(out, fusion_by_hand(model.fusion[j], text, m, m_mask), rtol=1e-5, atol=1e-5)
+    for hook in hooks:
+        hook.remove()
+    assert [j for j, _, _ in calls] == ([0, 0] if shared else [0, 1])  # one block reused, or one per layer
