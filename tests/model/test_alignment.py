@@ -66,3 +66,15 @@ def test_public_api():
 
     assert alcap.info_nce is info_nce
     assert {"EmbeddingStore", "Captioner", "load_config", "AlcapModel"} <= set(alcap.__all__)
+
+
+def test_the_bound_counts_the_candidates_each_row_really_had():
+    import math
+
+    from alcap.model.alignment import info_nce_log_candidates
+
+    # a, b, a, c: rows 0 and 2 are one song, so each is scored against 3 columns, rows 1 and 3 against 4.
+    ids = torch.tensor([0, 1, 0, 2])
+    assert float(info_nce_log_candidates(ids)) == pytest.approx((2 * math.log(3) + 2 * math.log(4)) / 4)
+    assert float(info_nce_log_candidates(torch.arange(5))) == pytest.approx(math.log(5))  # all distinct: log N
+    assert float(info_nce_log_candidates(torch.zeros(4, dtype=torch.long))) == 0.0  # one song: no negatives

@@ -2,6 +2,7 @@
 the contrastive loss gathers every process's embeddings, same-song rows across processes included."""
 
 import datetime
+import math
 import socket
 import time
 
@@ -48,6 +49,7 @@ def _worker(rank: int, port: int, state: dict, out: str) -> None:
         output.loss.backward()
         if rank == 0:
             torch.save({"loss": output.loss.detach(), "contrast": output.contrast_loss.detach(),
+                        "bound": output.info_nce_bound,
                         "caption": output.caption_loss.detach(),
                         "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}}, out)
         # Uneven local batches gather too (3 rows here, 1 there).
@@ -87,6 +89,11 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     reference.loss.backward()
     # The gathered InfoNCE is the global batch's, with same-song rows across processes masked.
     torch.testing.assert_close(got["contrast"], reference.contrast_loss.detach(), rtol=1e-5, atol=1e-6)
+    # The bound counts each row's candidates in the global batch: rows 0, 1, 3, 5 share their
+    # song with one other row (5 candidates each), rows 2 and 4 have all 6; not log(3 local rows).
+    expected_bound = (4 * math.log(5) + 2 * math.log(6)) / 6 - float(reference.contrast_loss)
+    assert float(got["bound"]) == pytest.approx(expected_bound, abs=1e-5)
+    assert float(reference.info_nce_bound) == pytest.approx(expected_bound, abs=1e-5)
     z_m, z_t = reference.z_music, reference.z_lyrics
     assert not torch.isclose(info_nce(z_m[:3], z_t[:3], batch["song_ids"][:3], 0.3), reference.contrast_loss)
     # DDP-averaged gradients equal the one-process gradients (caption: equal token counts per process).

@@ -35,8 +35,11 @@ def test_training_writes_a_run_directory(tiny_corpus, tmp_path):
     steps = [r for r in records if "train/loss" in r]
     assert len(steps) == 2 * per_epoch and all("train/contrast_loss" in r and "train/info_nce_bound" in r for r in steps)
     assert steps[-1]["train/caption_loss"] < steps[0]["train/caption_loss"]
-    # The mutual-information bound is log N - L_contrast per step (N = 8 rows in a full batch).
-    assert steps[0]["train/info_nce_bound"] == pytest.approx(math.log(8) - steps[0]["train/contrast_loss"])
+    # The mutual-information bound is mean log K - L_contrast; K <= 8 rows, fewer with a song's
+    # several captions in one batch (they are no candidates of each other); the exact value is
+    # checked in tests/model.
+    for step in steps:
+        assert step["train/info_nce_bound"] <= math.log(8) - step["train/contrast_loss"] + 1e-6
     evals = [r for r in records if "val/loss" in r]
     assert [r["epoch"] for r in evals] == [1, 2]
     for name in ("best", "last"):

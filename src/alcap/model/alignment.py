@@ -52,6 +52,16 @@ def info_nce(
     return loss
 
 
+def info_nce_log_candidates(song_ids: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of log K_i, K_i = the candidates row i is scored against in `info_nce`
+    (its positive and every row of another song). `mean log K - L` is the InfoNCE lower bound
+    on the music-lyrics mutual information; same-song rows are no candidates, so with
+    duplicates K is below the batch size."""
+    same_song = song_ids[:, None] == song_ids[None, :]
+    candidates = song_ids.shape[0] - same_song.sum(dim=1) + 1
+    return candidates.double().log().mean().float()
+
+
 def gather_across_processes(music_emb: torch.Tensor, lyrics_emb: torch.Tensor, song_ids: torch.Tensor
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Every process's rows of a contrastive batch, in rank order, so negatives come from the

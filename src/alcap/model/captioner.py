@@ -19,7 +19,7 @@ from transformers import BartConfig, BartForConditionalGeneration, DynamicCache
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
 
-from .alignment import AlignmentHead, gather_across_processes, info_nce, song_index
+from .alignment import AlignmentHead, gather_across_processes, info_nce, info_nce_log_candidates, song_index
 from .beam import BEAM_SDPA, BeamCache
 from .fusion import FusionBlock
 
@@ -71,6 +71,9 @@ class AlcapOutput:
     z_music: torch.Tensor | None = None  # (B, music_dim) pooled music
     z_lyrics: torch.Tensor | None = None  # (B, music_dim) projected pooled lyrics
     fusion_attentions: list[torch.Tensor] | None = None  # per fusion layer, (B, L_t, L_m)
+    # InfoNCE bound on I(music; lyrics), mean log K - contrast_loss over the (global) contrastive
+    # batch, K the candidates each row had; detached, for logging
+    info_nce_bound: torch.Tensor | None = None
 
 
 @dataclass
@@ -166,31 +169,32 @@ class AlcapModel(nn.Module):
                 labels=labels, decoder_input_ids=decoder_input_ids, use_cache=False,
             )
         caption_loss = out.loss
-        contrast_loss = z_m = z_t = None
+        contrast_loss = z_m = z_t = bound = None
         if self.config.use_music and music is not None:
             z_m, z_t = self.alignment(encoded.align_states, attention_mask, music, music_mask)
             if self.config.alpha > 0:
-                contrast_loss = self._contrast(z_m, z_t, song_ids)
+                contrast_loss, log_candidates = self._contrast(z_m, z_t, song_ids)
             else:  # BART-fusion: only logged (a plain `if`, which torch.compile can trace)
                 with torch.no_grad():
-                    contrast_loss = self._contrast(z_m, z_t, song_ids)
+                    contrast_loss, log_candidates = self._contrast(z_m, z_t, song_ids)
+            bound = log_candidates - contrast_loss.detach()
         loss = caption_loss
         if loss is not None and contrast_loss is not None and self.config.alpha > 0:
             loss = loss + self.config.alpha * contrast_loss
-        return AlcapOutput(loss, caption_loss, contrast_loss, out.logits, z_m, z_t, encoded.attentions)
+        return AlcapOutput(loss, caption_loss, contrast_loss, out.logits, z_m, z_t, encoded.attentions, bound)
 
-    def _contrast(self, z_m: torch.Tensor, z_t: torch.Tensor, song_ids) -> torch.Tensor:
+    def _contrast(self, z_m: torch.Tensor, z_t: torch.Tensor, song_ids) -> tuple[torch.Tensor, torch.Tensor]:
         """InfoNCE over the global batch: under several processes the embeddings of all of them
         are gathered. Each process then holds the same global loss L but back-propagates only
         into its own rows, and data-parallel training averages gradients over the W processes;
         the gradient is therefore scaled by W (the value is not), so the update equals a single
-        process's on the whole batch."""
+        process's on the whole batch. Also returns the mean log number of candidates per row."""
         ids = song_index(song_ids, z_m.shape[0], z_m.device)
         z_m, z_t, ids, world = gather_across_processes(z_m, z_t, ids)
         loss = info_nce(z_m, z_t, ids, self.config.temperature, self.config.symmetric)
         if world > 1 and loss.requires_grad:
             loss = loss * world - loss.detach() * (world - 1)
-        return loss
+        return loss, info_nce_log_candidates(ids)
 
     # ------------------------------------------------------------------ inference
 
