@@ -363,3 +363,63 @@ def test_the_log_stays_strict_json_when_a_value_is_not_finite(tmp_path):
     log.write({"step": 1, "val/loss": float("nan"), "train/loss": float("inf"), "lr": 1e-3})
     assert json.loads((tmp_path / "log.jsonl").read_text()) == {"step": 1, "val/loss": None, "train/loss": None,
                                                                 "lr": 1e-3}
+
+
+def _train_cli(tiny_corpus, out, *sets):
+    import subprocess
+    import sys
+
+    base = [f"data.manifest={tiny_corpus / 'corpus' / 'manifest.jsonl'}", f"data.embeddings={tiny_corpus / 'store'}",
+            "model.backbone=tiny", "model.tokenizer_vocab_size=400", "model.alcap.fusion_layers=[1, 2]",
+            "train.epochs=3", "train.batch_size=8", "train.optimizer=adamw", "train.lr=1e-3", "train.log_every_steps=1",
+            "data.max_caption_tokens=48", "generation.max_new_tokens=12", "generation.num_beams=1",
+            "train.eval_generate_songs=3", "train.early_stop_patience=5",
+            "train.select_metric=val/rougeL_f1", *sets]
+    args = [sys.executable, "-m", "alcap", "train", "configs/demo-alcap.yaml", "--output-dir", str(out), "--quiet"]
+    return subprocess.Popen(args + [a for s in base for a in ("--set", s)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _final_state(run):
+    states = run / "states"
+    return json.loads((states / (states / "latest").read_text() / "trainer_state.json").read_text())
+
+
+@pytest.mark.parametrize("kill_at", ["mid-epoch", "epoch-end"])
+def test_a_real_kill_minus_9_resumes_to_the_uninterrupted_run(tiny_corpus, tmp_path, kill_at):
+    """SIGKILL of `alcap train` (no clean stop: no evaluation or selection runs at the kill),
+    then the same command again: last/, best/, the log and the selection state are those of a
+    run that was never killed."""
+    import signal
+    import time
+
+    per_epoch = batches_per_epoch(tiny_corpus)
+    straight = _train_cli(tiny_corpus, tmp_path / "straight")
+    killed = _train_cli(tiny_corpus, tmp_path / "killed")
+    log = tmp_path / "killed" / "log.jsonl"
+
+    def reached() -> bool:  # states are saved at epoch ends only, so the log runs ahead of them
+        records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        if kill_at == "mid-epoch":  # the second step of epoch 2: one logged step past the last state
+            return any(r.get("step") == per_epoch + 2 for r in records)
+        return any("val/loss" in r for r in records)  # epoch 1's evaluation, around its state's save
+
+    deadline = time.monotonic() + 240
+    while not reached():
+        assert killed.poll() is None, killed.stderr.read()
+        assert time.monotonic() < deadline, "the run never reached the moment to kill at"
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=30) == -signal.SIGKILL
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+    resumed = _train_cli(tiny_corpus, tmp_path / "killed")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and "resumed from" in err, err
+
+    a, b = tmp_path / "straight", tmp_path / "killed"
+    _same_weights(a / "last", b / "last")
+    _same_weights(a / "best", b / "best")
+    assert (a / "log.jsonl").read_text() == (b / "log.jsonl").read_text()  # validation history included
+    sa, sb = _final_state(a), _final_state(b)
+    for key in ("epoch", "global_step", "best_value", "evals_without_improvement", "history"):
+        assert sa[key] == sb[key], key

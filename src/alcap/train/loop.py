@@ -87,11 +87,30 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adafactor or adamw")
 
 
+def _record_step(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except (ValueError, AttributeError):
+        return math.inf  # a torn or damaged line from a killed run: dropped
+
+
 class RunLog:
     """Appends JSON lines to log.jsonl (main process only)."""
 
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
+
+    def keep_until(self, step: int) -> None:
+        """Drop the records of steps after `step`: a resumed run redoes them, and the log then
+        reads as one uninterrupted run's (what plots and reports expect)."""
+        if not (self.enabled and self.path.exists()):
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.endswith("\n") and _record_step(line) <= step]
+        if len(kept) != len(lines):
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
         """One line of strict JSON: a NaN or infinite value is written as null (bare NaN is not JSON)."""
@@ -185,6 +204,7 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     song_of_index = {i: s for s, i in train_set.song_index.items()}
 
     log = RunLog(out / "log.jsonl", accelerator.is_main_process)
+    log.keep_until(state.global_step)  # a killed run logged steps past its last state
     bar = tqdm(total=tc.epochs * len(train_loader), initial=state.epoch * len(train_loader) + state.batches_done,
                desc="training", unit="batch", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
     window: dict[str, list[float]] = {}
