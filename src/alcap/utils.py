@@ -50,3 +50,29 @@ def refused_pickle(exc: BaseException) -> str | None:
     what = f" (a pickled {found.group(1)})" if found else ""
     return (f"holds Python objects other than tensors{what}, which alcap does not load since unpickling them "
             "could run code")
+
+
+def compute_environment() -> dict:
+    """What decides the exact floating-point results of a run besides its config and seed: the
+    thread count (it sets the order of reductions), the CPU's vector ISA (which kernels oneDNN
+    and MKL pick), the GPU, and the library versions. Two runs agree bit for bit only where
+    all of these agree; recorded beside every result."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    def ver(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(), "machine": platform.machine(),
+        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": {name: ver(name) for name in ("alcap", "torch", "numpy", "transformers", "tokenizers", "accelerate",
+                                                  "safetensors", "soundfile", "soxr")},
+    }

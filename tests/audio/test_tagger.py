@@ -112,6 +112,14 @@ def test_train_tagger_cli_and_tag_names(tmp_path):
                          capture_output=True, text=True, check=True)
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["tags"] == ["sine", "square", "loud"] and set(summary["val_accuracy"]) == {"timbre", "loud"}
+    # A second fresh process on this machine trains the same weights, bit for bit; what that
+    # depends on (threads, CPU ISA, versions) is recorded with them.
+    again = subprocess.run([*run, "train-tagger", str(manifest), "--tags", "timbre", "loud", "--out", str(tmp_path / "t2"),
+                            "--epochs", "2", "--excerpt-seconds", "2", "--json", "--quiet"],
+                           capture_output=True, text=True, check=True)
+    assert json.loads(again.stdout.strip().splitlines()[-1])["weights_sha256"] == summary["weights_sha256"]
+    environment = json.loads((tmp_path / "t" / "tagger.json").read_text())["environment"]
+    assert environment["torch_threads"] >= 1 and environment["versions"]["torch"] and environment["cpu_capability"]
     tagged = subprocess.run([*run, "tag", str(tmp_path / "s0.wav"), "--checkpoint", str(tmp_path / "t"), "--top", "3",
                              "--json", "--excerpt-seconds", "2"], capture_output=True, text=True, check=True)
     assert set(json.loads(tagged.stdout)["tags"]) == {"sine", "square", "loud"}

@@ -423,3 +423,5 @@ def test_a_real_kill_minus_9_resumes_to_the_uninterrupted_run(tiny_corpus, tmp_p
     sa, sb = _final_state(a), _final_state(b)
     for key in ("epoch", "global_step", "best_value", "evals_without_improvement", "history"):
         assert sa[key] == sb[key], key
+    starts = [json.loads(line) for line in (b / "environment.jsonl").read_text().splitlines()]
+    assert len(starts) == 2 and starts[0]["torch_threads"] == starts[1]["torch_threads"] >= 1  # one line per start

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..utils import compute_environment
 from .cnnsa import CNNSA, HIDDEN, random_cnnsa, state_dict_sha256
 from .tags import TAG_NAMES_FILE
 
@@ -229,5 +230,6 @@ def save_tagger(model: CNNSA, report: TaggerReport, directory: str | Path) -> Pa
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     tmp.replace(path)
     (directory / TAG_NAMES_FILE).write_text("\n".join(report.tags) + "\n", encoding="utf-8")
-    (directory / "tagger.json").write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
+    record = {**asdict(report), "environment": compute_environment()}  # what exact results depend on
+    (directory / "tagger.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path

@@ -2,6 +2,7 @@
 
 Run directory layout:
     config.yaml       the fully resolved configuration
+    environment.jsonl threads, CPU ISA, GPU and library versions, one line per (re)start
     log.jsonl         one JSON object per logged step / evaluation (train/..., val/... keys)
     states/step_N/    resume states (model, optimiser, scheduler, RNG), the last few kept;
                       states/latest names the newest complete one
@@ -37,13 +38,14 @@ from ..evaluate import caption_and_score, songs_with_references
 from ..inference import Captioner, extractor_from_store_meta, save_music_encoder
 from ..model.backbone import load_backbone
 from ..model.captioner import AlcapModel
-from ..utils import nested_differences, refused_pickle
+from ..utils import compute_environment, nested_differences, refused_pickle
 
 logger = logging.getLogger("alcap.train")
 # Accelerate warns at every save_state that BART's tied embeddings are stored once; the resume
 # test shows they reload tied, so the warning is noise here.
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 LOSS_KEYS = ("loss", "caption_loss", "contrast_loss")
+ENVIRONMENT_FILE = "environment.jsonl"
 
 
 @dataclass
@@ -159,6 +161,10 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
+        # One line per start (a resumed run may have moved): exact results depend on these.
+        with open(out / ENVIRONMENT_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "processes": accelerator.num_processes,
+                                **compute_environment()}) + "\n")
 
     # A preset's tokenizer is trained once, at the start; a resumed run reads it back.
     tokenizer_dir = out / "tokenizer"
