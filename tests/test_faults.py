@@ -69,6 +69,19 @@ def copy_model(env, tmp_path, kind="music") -> Path:
     return target
 
 
+def partial_store(env, target: Path, songs: int) -> Path:
+    """A copy of the test store holding only its first `songs` songs."""
+    from dataclasses import asdict
+
+    from alcap.data.store import EmbeddingWriter, StoreEntry
+
+    store = EmbeddingStore.open(env["store"])
+    with EmbeddingWriter.open(target, store.meta) as writer:
+        writer.add_batch([(StoreEntry(**{**asdict(store.entry(s)), "offset": 0, "length": 0}), store[s])
+                          for s in store.song_ids[:songs]])
+    return target
+
+
 def nan_wav(path: Path) -> Path:
     data = tone(3.0, 16000)
     data[len(data) // 2:len(data) // 2 + 10] = np.nan  # in every excerpt
@@ -224,14 +237,7 @@ def run_directory_given_as_model(env, tmp_path, monkeypatch):
 
 @case
 def evaluate_with_a_store_missing_songs(env, tmp_path, monkeypatch):
-    store = EmbeddingStore.open(env["store"])
-    partial = tmp_path / "partial"
-    from alcap.data.store import EmbeddingWriter, StoreEntry
-    from dataclasses import asdict
-
-    keep = store.song_ids[:4]
-    with EmbeddingWriter.open(partial, store.meta) as writer:
-        writer.add_batch([(StoreEntry(**{**asdict(store.entry(s)), "offset": 0, "length": 0}), store[s]) for s in keep])
+    partial = partial_store(env, tmp_path / "partial", 4)
     return Fault(["evaluate", env["music"], "--embeddings", partial, "--no-retrieval", "--quiet", "--out", tmp_path / "e"],
                  2, r"partial: no embedding for \d+ of the \d+ songs of split 'test': demo\d+",
                  lambda o, e: not (tmp_path / "e").exists())
@@ -291,6 +297,14 @@ def train_from_a_store_recording_a_relative_encoder_path(env, tmp_path, monkeypa
     return Fault(train_argv(env, tmp_path / "run", f"data.embeddings={store}"), 2,
                  r"store/store\.json records that its embeddings came from the music encoder "
                  r"'models/msd/attention/best_model\.pth', which cannot be loaded \(a relative path",
+                 lambda o, e: not (tmp_path / "run").exists())
+
+
+@case
+def train_with_a_store_missing_songs(env, tmp_path, monkeypatch):
+    partial = partial_store(env, tmp_path / "partial", 3)
+    return Fault(train_argv(env, tmp_path / "run", f"data.embeddings={partial}"), 2,
+                 r"partial: no embedding for \d+ of the \d+ songs of these rows: demo\d+",
                  lambda o, e: not (tmp_path / "run").exists())
 
 

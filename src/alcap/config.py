@@ -146,17 +146,10 @@ class RunConfig:
             value = self.get(key)
             if value is not None and not valid(value):
                 problems.append(f"{key}: {value!r} is out of range (expected {expected})")
-        layers = backbone_encoder_layers(self.model.backbone)
-        alcap = self.model.alcap
-        if alcap.use_music and not alcap.fusion_layers:
-            problems.append("model.alcap.fusion_layers: [] is empty (fuse after at least one encoder layer)")
-        if layers is not None and alcap.use_music:
-            bad = [i for i in alcap.fusion_layers if not 0 <= i < layers]
-            if bad:
-                problems.append(f"model.alcap.fusion_layers: {alcap.fusion_layers} has {bad}, outside the "
-                                f"{layers} encoder layers of {self.model.backbone} (expected 0..{layers - 1})")
-            if alcap.align_layer is not None and not 0 <= alcap.align_layer <= layers:
-                problems.append(f"model.alcap.align_layer: {alcap.align_layer} is outside 0..{layers}")
+        try:
+            self.model.alcap.check(backbone_encoder_layers(self.model.backbone), self.model.backbone)
+        except ValueError as exc:
+            problems.append(str(exc))
         if problems:
             raise ConfigError("; ".join(problems))
         self.train.selects_lower()
@@ -182,7 +175,7 @@ RANGES = {
     "data.num_workers": _at_least(0), "model.tokenizer_vocab_size": _at_least(300),
     "model.alcap.music_dim": _at_least(1), "model.alcap.fusion_heads": _at_least(1),
     "model.alcap.fusion_residual_scale": _at_least(0), "model.alcap.fusion_dropout": _FRACTION,
-    "model.alcap.alpha": _at_least(0), "model.alcap.temperature": _POSITIVE,
+    "model.alcap.alpha": _at_least(0),
     "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.grad_accum_steps": _at_least(1),
     "train.lr": _POSITIVE, "train.new_modules_lr": _POSITIVE, "train.weight_decay": _at_least(0),
     "train.lr_step_epochs": _at_least(1), "train.lr_gamma": _POSITIVE, "train.warmup_steps": _at_least(0),
@@ -252,19 +245,11 @@ def typed_value(value: Any, hint, key: str) -> Any:
     YAML reads `1e-3` as a string and `1` as an int; a float field takes both. An int field
     takes no fractions and a bool field no words other than YAML's true/false."""
     origin, args = get_origin(hint), get_args(hint)
-    if origin in (Union, UnionType):
+    if origin in (Union, UnionType):  # the config's unions are all `X | None`
         if value is None and type(None) in args:
             return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for option in options:
-            try:
-                return typed_value(value, option, key)
-            except ConfigError as exc:
-                errors.append(exc)
-        if len(options) == 1:
-            raise errors[0]
-        raise ConfigError(f"{key}: {value!r} is none of {', '.join(_type_name(o) for o in options)}")
+        (option,) = [a for a in args if a is not type(None)]
+        return typed_value(value, option, key)
     if origin is Literal:
         if value in args:
             return value
@@ -297,12 +282,6 @@ def typed_value(value: Any, hint, key: str) -> Any:
             return str(value)  # a split or path that YAML read as a number
         raise ConfigError(f"{key}: {value!r} is not text")
     return value
-
-
-def _type_name(hint) -> str:
-    if get_origin(hint) is Literal:
-        return "one of " + ", ".join(map(repr, get_args(hint)))
-    return {bool: "true/false", int: "a whole number", float: "a number", str: "text"}.get(hint, str(hint))
 
 
 def _parse_value(text: str, hint, key: str) -> Any:

@@ -13,10 +13,6 @@ from .manifest import ManifestRow
 from .store import EmbeddingStore
 
 
-class MissingEmbeddingsError(Exception):
-    pass
-
-
 class CaptionDataset(Dataset):
     """One item per (song, caption) row: lyrics, caption, the song's h_m and an integer song index.
 
@@ -27,16 +23,10 @@ class CaptionDataset(Dataset):
     def __init__(self, rows: list[ManifestRow], store: EmbeddingStore | None = None):
         self.rows = [r for r in rows if r.caption]
         self.store = store
-        if store is not None:
-            missing = sorted({r.song_id for r in self.rows if r.song_id not in store})
-            if missing:
-                shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-                raise MissingEmbeddingsError(
-                    f"{len(missing)} songs have no music embedding in {store.root}: {shown}. "
-                    "Run `alcap embed` on the manifest first (failed songs are listed in its failures.jsonl).")
         songs = sorted({r.song_id for r in self.rows})
         self.song_index = {s: i for i, s in enumerate(songs)}
         if store is not None:
+            store.require(songs, "songs of these rows")
             for song_id in songs:  # one pass over the rows now, so a damaged song fails before training
                 store[song_id]
 

@@ -17,7 +17,6 @@ song with a seed.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import pickle
 from collections.abc import Iterable
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import text_problem
+from .manifest import jsonl_records, text_problem
 
 SI_VARIANTS = {"full": None, "not_negative": 0, "positive": 1}  # minimum votes kept (None: all)
 SI_VARIANT_ALIASES = {"si-full": "full", "full": "full", "voting>=0": "not_negative", "not_negative": "not_negative",
@@ -95,9 +94,9 @@ def _read_table(path: Path, id_field: str, lyrics_field: str, caption_field: str
             skipped.add(path, line, f"empty {id_field!r}")
             continue
         try:
-            votes = _votes(row.get(votes_field), path, line) if votes_field else None
-        except DataImportError as exc:
-            skipped.add(path, line, str(exc).split(": ", 1)[-1])
+            votes = _parse_votes(row.get(votes_field)) if votes_field else None
+        except ValueError as exc:
+            skipped.add(path, line, str(exc))
             continue
         records.append(Record(song_id, _text(row[lyrics_field]), _text(row[caption_field]), votes,
                               _text(row.get(audio_field)) or None if audio_field else None))
@@ -136,7 +135,8 @@ def _json_rows(path: Path, skipped: SkippedRows | None = None) -> Iterable[tuple
     """A JSON array of objects, or JSON lines; yields (line or index + 1, object). A bad line
     is noted in `skipped` (or raised without it); a bad JSON array is an error of the file."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(4096)  # enough to tell an array from JSON lines
     except FileNotFoundError:
         raise DataImportError(f"{path}: no such file") from None
     except OSError as exc:
@@ -147,9 +147,9 @@ def _json_rows(path: Path, skipped: SkippedRows | None = None) -> Iterable[tuple
             raise DataImportError(f"{path}:{line_no}: {reason}")
         skipped.add(path, line_no, reason)
 
-    if raw.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
         try:
-            data = json.loads(raw.decode("utf-8-sig"))
+            data = json.loads(path.read_bytes().decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DataImportError(f"{path}: not valid JSON ({err})") from None
         for i, obj in enumerate(data, start=1):
@@ -157,21 +157,9 @@ def _json_rows(path: Path, skipped: SkippedRows | None = None) -> Iterable[tuple
                 raise DataImportError(f"{path}: record {i} is not an object")
             yield i, obj
         return
-    for line_no, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            text = line.decode("utf-8-sig" if line_no == 1 else "utf-8")
-        except UnicodeDecodeError as err:
-            bad(line_no, f"not valid UTF-8 (byte {err.start}); save the file as UTF-8")
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as err:
-            bad(line_no, f"not valid JSON ({err.msg})")
-            continue
-        if not isinstance(obj, dict):
-            bad(line_no, "not a JSON object")
+    for line_no, obj, problem in jsonl_records(path):
+        if problem is not None:
+            bad(line_no, problem[1])
             continue
         yield line_no, obj
 
@@ -180,13 +168,20 @@ def _text(value) -> str:
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip()
 
 
-def _votes(value, path, line) -> int | None:
+def _parse_votes(value) -> int | None:
     if value in (None, ""):
         return None
     try:
         return int(float(value))
     except (TypeError, ValueError):
-        raise DataImportError(f"{path}:{line}: votes {value!r} is not a number") from None
+        raise ValueError(f"votes {value!r} is not a number") from None
+
+
+def _votes(value, path, line) -> int | None:
+    try:
+        return _parse_votes(value)
+    except ValueError as exc:
+        raise DataImportError(f"{path}:{line}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------- SI: pickle and JSON records

@@ -93,7 +93,7 @@ def read_manifest(path: str | Path) -> Manifest:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     kind = manifest_format(path)
-    reader = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[kind]
+    reader = {"jsonl": jsonl_records, "csv": _read_csv, "parquet": _read_parquet}[kind]
     rows, issues = [], []
     for line, record, problem in reader(path):
         if problem is not None:
@@ -165,7 +165,9 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-def _read_jsonl(path: Path):
+def jsonl_records(path: Path):
+    """(line, object, None) per good line of a JSON-lines file, (line, None, (code, message)) per
+    bad one; blank lines are skipped and a first-line byte-order mark is fine."""
     with open(path, "rb") as f:
         for line, raw in enumerate(f, start=1):
             if not raw.strip():

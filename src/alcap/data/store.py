@@ -151,15 +151,11 @@ class EmbeddingStore:
                 "rebuild the store with `alcap embed` into a new --out")
         return rows
 
-    def missing(self, song_ids) -> list[str]:
-        """Those of `song_ids` that have no embedding here, in order, each once."""
-        return [s for s in dict.fromkeys(map(str, song_ids)) if s not in self._entries]
-
     def require(self, song_ids, what: str) -> None:
         """A StoreError listing how many and which of `song_ids` (`what`, e.g. "songs of split 'test'")
         have no embedding here, before any work on them starts."""
         wanted = list(dict.fromkeys(map(str, song_ids)))
-        missing = self.missing(wanted)
+        missing = [s for s in wanted if s not in self._entries]
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             failed = {f["id"] for f in self.failures()} & set(missing)

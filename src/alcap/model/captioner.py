@@ -51,15 +51,22 @@ class AlcapConfig:
     def alignment_layer(self) -> int:
         return self.align_layer if self.align_layer is not None else min(self.fusion_layers)
 
-    def check(self, encoder_layers: int) -> None:
-        if self.use_music:
-            bad = [i for i in self.fusion_layers if not 0 <= i < encoder_layers]
-            if bad or not self.fusion_layers:
-                raise ValueError(f"fusion_layers {self.fusion_layers} must be non-empty and in 0..{encoder_layers - 1}")
-            if not 0 <= self.alignment_layer() <= encoder_layers:
-                raise ValueError(f"align_layer {self.align_layer} must be in 0..{encoder_layers}")
+    def check(self, encoder_layers: int | None, backbone: str = "the backbone") -> None:
+        """Fusion and alignment layers inside the backbone's encoder (when its depth is known)."""
         if self.temperature <= 0:
-            raise ValueError("temperature must be positive")
+            raise ValueError(f"model.alcap.temperature: {self.temperature!r} is out of range (expected > 0)")
+        if not self.use_music:
+            return
+        if not self.fusion_layers:
+            raise ValueError("model.alcap.fusion_layers: [] is empty (fuse after at least one encoder layer)")
+        if encoder_layers is None:
+            return
+        bad = [i for i in self.fusion_layers if not 0 <= i < encoder_layers]
+        if bad:
+            raise ValueError(f"model.alcap.fusion_layers: {self.fusion_layers} has {bad}, outside the "
+                             f"{encoder_layers} encoder layers of {backbone} (expected 0..{encoder_layers - 1})")
+        if not 0 <= self.alignment_layer() <= encoder_layers:
+            raise ValueError(f"model.alcap.align_layer: {self.align_layer} is outside 0..{encoder_layers}")
 
 
 @dataclass
