@@ -203,7 +203,10 @@ def caption_empty_and_garbage_files(env, tmp_path, monkeypatch):
 def model_without_weights(env, tmp_path, monkeypatch):
     model = copy_model(env, tmp_path)
     (model / "model.safetensors").unlink()
-    return Fault(["caption", *env["good"], "--model", model], 2, r"model\.safetensors: missing")
+    earlier = tmp_path / "captions.jsonl"  # a previous run's output must survive a failed start
+    earlier.write_text('{"file": "a.wav", "caption": "kept"}\n')
+    return Fault(["caption", *env["good"], "--model", model, "--jsonl", earlier], 2, r"model\.safetensors: missing",
+                 lambda o, e: earlier.read_text() == '{"file": "a.wav", "caption": "kept"}\n')
 
 
 @case

@@ -468,7 +468,7 @@ def cmd_evaluate(args) -> int:
 def cmd_caption(args) -> int:
     from .inference import Captioner
 
-    out = _open_output(args.jsonl, "--jsonl")  # refused before any work starts
+    _check_writable(args.jsonl, "--jsonl")  # refused before any work starts
     given = _given_lyrics(args.lyrics)
     captioner = Captioner.from_pretrained(args.model, device=args.device)
     captioner.generation = captioner.generation.with_overrides(mixed_precision=args.mixed_precision,
@@ -483,6 +483,8 @@ def cmd_caption(args) -> int:
             failed[audio] = str(exc)
     good = [a for a in args.audio if a in lyrics]
     results = {r.source: r for r in captioner.caption_batch(good, [lyrics[a] for a in good], errors="skip")}
+    # The output file is replaced only now, so a run that fails to start keeps an earlier one.
+    out = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None
     captioned = 0
     for audio in args.audio:
         result = results.get(str(audio))
@@ -505,14 +507,17 @@ def cmd_caption(args) -> int:
     return 0 if captioned == len(args.audio) else 1
 
 
-def _open_output(path: str | None, flag: str):
-    """An output file opened for writing now, so a bad path fails before hours of work."""
+def _check_writable(path: str | None, flag: str) -> None:
+    """Fail now, before hours of work, if `path` cannot be written; an existing file is left as it is."""
     if not path:
-        return None
+        return
+    existed = Path(path).exists()
     try:
-        return open(path, "w", encoding="utf-8")
+        open(path, "a", encoding="utf-8").close()
     except OSError as exc:
         raise ValueError(f"{flag} {path}: cannot be written ({exc.strerror})") from None
+    if not existed:
+        Path(path).unlink()
 
 
 def _given_lyrics(given: str | None) -> str | None:

@@ -191,8 +191,14 @@ def test_beam_attention_equals_sdpa_on_repeated_keys():
 
 
 def test_bad_configuration_is_explained():
-    with pytest.raises(ValueError, match="fusion_layers \\[5\\] must be"):
-        tiny_model(fusion_layers=[5])
+    with pytest.raises(ValueError, match=r"fusion_layers: \[1, 5\] has \[5\], outside the 3 encoder layers of the backbone \(expected 0..2\)"):
+        tiny_model(fusion_layers=[1, 5])
+    with pytest.raises(ValueError, match=r"fusion_layers: \[\] is empty"):
+        tiny_model(fusion_layers=[])
+    with pytest.raises(ValueError, match=r"align_layer: 4 is outside 0..3"):
+        tiny_model(align_layer=4)
+    with pytest.raises(ValueError, match=r"temperature: 0.0 is out of range"):
+        tiny_model(temperature=0.0)
 
 
 def test_music_standardisation_uses_saved_statistics(tmp_path):
