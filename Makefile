@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/constraints.txt requirements/torch-cpu.txt
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/torch-cpu.txt requirements/musicnn.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
 		echo "keeping the torch already in $(VENV): $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/torch-cpu.txt
 		$(BIN)/python -m pip install --disable-pip-version-check -r requirements/torch-cpu.txt; \
 	fi
 	$(BIN)/python -m pip install --disable-pip-version-check -c requirements/constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check --no-deps --require-hashes -r requirements/musicnn.txt
 	@bash scripts/install-wordnet.sh
 	$(BIN)/python -m alcap.metrics.wordnet
 	@touch $@

@@ -7,6 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Converted musicnn weights go to a cache of the test session's own, not the user's."""
+    import os
+
+    os.environ["ALCAP_CACHE"] = str(tmp_path_factory.mktemp("alcap-cache"))
+
+
 @pytest.fixture
 def audio_dir(tmp_path: Path) -> Path:
     d = tmp_path / "audio"

@@ -41,11 +41,37 @@ def _decoding_speed_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _extractor(args):
-    from .audio.extractor import CNNSAExtractor
+    """The music encoder that --encoder, --checkpoint and --random-init name."""
+    from .audio.extractor import CNNSAExtractor, MusicnnExtractor
 
+    if args.encoder != "cnnsa":
+        if args.checkpoint or args.random_init is not None:
+            raise SystemExit(f"error: --encoder {args.encoder} uses the pretrained weights of the musicnn package; "
+                             "--checkpoint and --random-init are for --encoder cnnsa")
+        return MusicnnExtractor.from_package(args.encoder, device=args.device)
     if args.checkpoint:
         return CNNSAExtractor.from_checkpoint(args.checkpoint, device=args.device)
-    return CNNSAExtractor.random_init(args.random_init, device=args.device)
+    if args.random_init is not None:
+        return CNNSAExtractor.random_init(args.random_init, device=args.device)
+    raise SystemExit("error: --encoder cnnsa needs its weights: --checkpoint PATH (the MSD checkpoint, or a tagger made "
+                     "by `alcap train-tagger`) or --random-init SEED; or use --encoder musicnn-msd, pretrained offline")
+
+
+def _encoder_args(parser: argparse.ArgumentParser, random_init: bool) -> None:
+    group = parser.add_argument_group("music encoder")
+    group.add_argument("--encoder", choices=("musicnn-msd", "musicnn-mtt", "cnnsa"), default="cnnsa",
+                       help="musicnn-msd / musicnn-mtt: musicnn pretrained on the Million Song Dataset / MagnaTagATune "
+                            "(weights from the musicnn PyPI package, offline; 753 features at 3.68 steps/s); cnnsa: "
+                            "ALCAP's CNNSA with --checkpoint%s (256 features) (default: cnnsa)"
+                            % (" or --random-init" if random_init else ""))
+    group.add_argument("--checkpoint", metavar="PATH",
+                       help="CNNSA checkpoint file or directory (with --encoder cnnsa): best_model.pth of "
+                            "minzwon/sota-music-tagging-models (models/msd/attention/), or a tagger made by "
+                            "`alcap train-tagger` (its tags.txt names the tags)")
+    if random_init:
+        group.add_argument("--random-init", type=int, metavar="SEED",
+                           help="a randomly initialised CNNSA with this seed (with --encoder cnnsa; tests and "
+                                "baselines only: its features barely tell songs apart)")
 
 
 # ----------------------------------------------------------------------------- tag
@@ -56,11 +82,14 @@ def cmd_tag(args) -> int:
     import torch
 
     from .audio.decode import AudioError, load_audio, split_windows
-    from .audio.extractor import CNNSAExtractor
     from .audio.tags import tag_names, top_tags
 
-    extractor = CNNSAExtractor.from_checkpoint(args.checkpoint, device=args.device)
-    names = tag_names(args.checkpoint, extractor.model.dense.out_features)
+    args.random_init = None
+    extractor = _extractor(args)
+    if args.encoder == "cnnsa":
+        names = tag_names(args.checkpoint, extractor.model.dense.out_features)
+    else:
+        names = extractor.tag_names()
     excerpt = _excerpt(args)
     if args.full_track:
         from .audio.decode import Excerpt
@@ -576,14 +605,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"alcap {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("tag", help="top Million Song Dataset tags of audio files (checks that encoder weights loaded)",
-                       description="Print the most probable of the 50 MSD tags for each audio file, from the CNNSA "
-                                   "tagging head. A quick check that a real checkpoint loaded: rock songs should say rock.")
+    p = sub.add_parser("tag", help="top tags of audio files from the music encoder's tagging head (checks that its "
+                                   "weights loaded)",
+                       description="Print the most probable of the music encoder's tags for each audio file: the 50 "
+                                   "MSD tags of musicnn-msd or of the CNNSA checkpoint, the 50 MagnaTagATune tags of "
+                                   "musicnn-mtt, or a trained tagger's own. musicnn averages its taggram over the "
+                                   "excerpt's 3 s patches, as its own top_tags does. A quick check that real weights "
+                                   "loaded: rock songs should say rock.")
     p.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files (WAV, FLAC, OGG, MP3; any rate and channel count)")
-    p.add_argument("--checkpoint", required=True, metavar="PATH",
-                   help="CNNSA checkpoint: best_model.pth of minzwon/sota-music-tagging-models "
-                        "(models/msd/attention/), or the directory holding it; also a tagger made by "
-                        "`alcap train-tagger` (its tags.txt names the tags)")
+    _encoder_args(p, random_init=False)
     p.add_argument("--top", type=int, default=5, metavar="K", help="number of tags to print per file; 50 prints all (default: 5)")
     p.add_argument("--json", action="store_true", help='one JSON object per line: {"file": ..., "tags": {"rock": 0.91, ...}}')
     p.add_argument("--full-track", action="store_true",
@@ -620,16 +650,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_tagger)
 
     p = sub.add_parser("embed", help="precompute frozen music embeddings for every song of a manifest",
-                       description="Decode every distinct song of a manifest, run the frozen CNNSA encoder and write "
-                                   "its last-layer sequence (h_m, L_m x 256) into an embedding store. Songs already in "
+                       description="Decode every distinct song of a manifest, run the frozen music encoder and write "
+                                   "its sequence output (h_m: musicnn's mid end, L_m x 753, or CNNSA's last layer, "
+                                   "L_m x 256) into an embedding store. Songs already in "
                                    "the store are skipped, so an interrupted run resumes; files that cannot be decoded "
                                    "are reported and recorded in failures.jsonl, and the others are still embedded.")
     p.add_argument("manifest", metavar="MANIFEST", help="manifest file (.jsonl, .csv or .parquet; see README)")
     p.add_argument("--out", required=True, metavar="DIR", help="embedding store directory (created, or resumed if it exists)")
-    weights = p.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--checkpoint", metavar="PATH", help="CNNSA checkpoint file or directory: the real MSD weights, or a tagger made by `alcap train-tagger`")
-    weights.add_argument("--random-init", type=int, metavar="SEED",
-                         help="use a randomly initialised CNNSA with this seed (offline demos and tests only)")
+    _encoder_args(p, random_init=True)
     p.add_argument("--split", nargs="+", metavar="NAME", help="embed only songs of these splits (default: all rows)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="songs per encoder call (default: 16)")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="decoding worker processes; 0 decodes in the main process (default: 2)")
@@ -853,6 +881,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .audio.cnnsa import CheckpointError
     from .audio.decode import AudioError
+    from .audio.musicnn import MusicnnError
     from .data.manifest import ManifestError
     from .data.store import StoreError
 
@@ -874,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       getattr(args, "store_command", None)) else "")
     try:
         return args.func(args)
-    except (CheckpointError, ManifestError, StoreError, AudioError, ValueError) as exc:
+    except (CheckpointError, MusicnnError, ManifestError, StoreError, AudioError, ValueError) as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .audio.cnnsa import CNNSA, CheckpointError, load_cnnsa, load_state_dict_strict, random_cnnsa, state_dict_sha256
+from .audio.cnnsa import CheckpointError, load_cnnsa, random_cnnsa
 from .audio.decode import AudioError, Excerpt, load_audio
-from .audio.extractor import CNNSAExtractor, resolve_device
+from .audio.extractor import CNNSAExtractor, MusicExtractor, MusicnnExtractor, extractor_class, resolve_device
+from .audio.musicnn import MusicnnError
 from .config import GenerationConfig, RunConfig, load_run_config
 from .data.dataset import pad_music
 from .model.captioner import AlcapModel, ModelDirError, model_directory
@@ -26,11 +27,21 @@ from .model.captioner import AlcapModel, ModelDirError, model_directory
 ENCODER_DIR = "music_encoder"
 
 
-def extractor_from_store_meta(meta: dict, device="cpu", store_root: str | Path | None = None) -> CNNSAExtractor:
+def extractor_from_store_meta(meta: dict, device="cpu", store_root: str | Path | None = None) -> MusicExtractor:
     """Rebuild the encoder a store was made with (its weights file or its random-init seed)."""
     identity = meta["extractor"]
     source = meta.get("info", {}).get("extractor", {}).get("weights_source", "")
     recorded = f"{Path(store_root) / 'store.json'} records" if store_root else "the store records"
+    if extractor_class(identity["name"]) is MusicnnExtractor:
+        try:
+            extractor = MusicnnExtractor.from_package(identity["name"], device=device)
+        except MusicnnError as exc:
+            raise CheckpointError(f"{recorded} that its embeddings came from {identity['name']}: {exc}") from None
+        if extractor.weights_sha256 != identity["weights_sha256"]:
+            raise ValueError(f"{recorded} {identity['name']} weights sha256 {identity['weights_sha256'][:12]}, but the "
+                             f"installed musicnn package now gives {extractor.weights_sha256[:12]}: reinstall "
+                             "musicnn==0.1.0 or re-embed")
+        return extractor
     if source.startswith("random-init (seed "):
         model, digest = random_cnnsa(int(source[len("random-init (seed "):-1]))
     else:
@@ -47,7 +58,7 @@ def extractor_from_store_meta(meta: dict, device="cpu", store_root: str | Path |
     return CNNSAExtractor(model, digest, source=source, device=device)
 
 
-def save_music_encoder(extractor: CNNSAExtractor, excerpt: dict, directory: Path) -> None:
+def save_music_encoder(extractor: MusicExtractor, excerpt: dict, directory: Path) -> None:
     from safetensors.torch import save_file
 
     target = directory / ENCODER_DIR
@@ -58,7 +69,7 @@ def save_music_encoder(extractor: CNNSAExtractor, excerpt: dict, directory: Path
         {"identity": extractor.identity(), "source": extractor.source, "excerpt": excerpt}, indent=2) + "\n")
 
 
-def load_music_encoder(directory: Path, device="cpu") -> tuple[CNNSAExtractor, Excerpt]:
+def load_music_encoder(directory: Path, device="cpu") -> tuple[MusicExtractor, Excerpt]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -72,12 +83,14 @@ def load_music_encoder(directory: Path, device="cpu") -> tuple[CNNSAExtractor, E
     except (OSError, ValueError, SafetensorError) as exc:
         raise ModelDirError(f"{encoder_dir}: missing or damaged music encoder files ({str(exc).splitlines()[0]}); "
                             "copy the model directory again") from None
-    model = CNNSA(n_tags=state["dense.weight"].shape[0] if "dense.weight" in state else 50)
-    load_state_dict_strict(model, state, str(encoder_dir))
-    digest = state_dict_sha256(model.state_dict())
-    if digest != meta.get("identity", {}).get("weights_sha256"):
+    identity = meta.get("identity", {})
+    try:
+        extractor = extractor_class(identity.get("name", "cnnsa")).from_state(identity, state, meta["source"], device)
+    except (ValueError, KeyError) as exc:
+        raise ModelDirError(f"{encoder_dir}: the music encoder files do not describe a known encoder ({exc})") from None
+    if extractor.weights_sha256 != identity.get("weights_sha256"):
         raise ModelDirError(f"{encoder_dir}: weights do not match the recorded sha256 (damaged copy?)")
-    return CNNSAExtractor(model, digest, source=meta["source"], device=device), Excerpt(**meta["excerpt"])
+    return extractor, Excerpt(**meta["excerpt"])
 
 
 @dataclass
@@ -97,7 +110,7 @@ class CaptionResult:
 class Captioner:
     """`Captioner.from_pretrained(dir).caption("song.mp3", lyrics=None)` -> caption text."""
 
-    def __init__(self, model: AlcapModel, tokenizer, extractor: CNNSAExtractor | None, excerpt: Excerpt,
+    def __init__(self, model: AlcapModel, tokenizer, extractor: MusicExtractor | None, excerpt: Excerpt,
                  run: RunConfig, generation: GenerationConfig | None = None, device="cpu"):
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)

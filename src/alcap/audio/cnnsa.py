@@ -268,7 +268,7 @@ def load_state_dict_strict(model: CNNSA, state: dict[str, torch.Tensor], source:
         for k in set(state) & set(expected) if state[k].shape != expected[k].shape
     )
     if missing or unexpected or wrong_shape:
-        lines = [f"{source} does not match the CNNSA layout:"]
+        lines = [f"{source} does not match the {type(model).__name__} layout:"]
         for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shape)):
             if keys:
                 lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))

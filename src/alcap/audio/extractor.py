@@ -3,7 +3,9 @@
 A `MusicExtractor` turns a batch of equal-length 16 kHz waveforms into frozen music
 embeddings (B, L_m, dim). The store records `identity()` and refuses to mix embeddings from
 extractors whose identity differs, so adding another music encoder means adding a class
-here and an entry in `EXTRACTORS`; the captioning model only ever sees (L_m, dim) arrays.
+here and a name in `extractor_class`; the captioning model only ever sees (L_m, dim) arrays.
+Two encoders exist: CNNSA (ALCAP's own, 256 channels) and musicnn (pretrained on the MSD or
+MagnaTagATune, 753 channels, from its PyPI wheel).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .cnnsa import CNNSA, Res2d, load_cnnsa, random_cnnsa
+from .cnnsa import CNNSA, Res2d, load_cnnsa, load_state_dict_strict, random_cnnsa, state_dict_sha256
+from . import musicnn
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -43,6 +46,16 @@ class MusicExtractor(ABC):
     def embed(self, waves: torch.Tensor) -> torch.Tensor:
         """(B, N) float32 waveforms at `sample_rate` -> (B, L_m, dim) float32 on the CPU."""
 
+    @abstractmethod
+    def tag(self, waves: torch.Tensor) -> torch.Tensor:
+        """(B, N) -> (B, n_tags) tag probabilities of the encoder's own tagging head."""
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, identity: dict, state: dict[str, torch.Tensor], source: str,
+                   device: str | torch.device = "cpu") -> "MusicExtractor":
+        """Rebuild from weights saved with a model (`model` state dict) and the recorded identity."""
+
 
 class CNNSAExtractor(MusicExtractor):
     """CNNSA's last-layer sequence (CLS first), ALCAP's h_m."""
@@ -63,6 +76,12 @@ class CNNSAExtractor(MusicExtractor):
         model, digest = load_cnnsa(path)
         # Resolved: stores and models record the source, and are used from other directories.
         return cls(model, digest, source=str(Path(path).resolve()), device=device)
+
+    @classmethod
+    def from_state(cls, identity, state, source, device="cpu") -> "CNNSAExtractor":
+        model = CNNSA(n_tags=state["dense.weight"].shape[0] if "dense.weight" in state else 50)
+        load_state_dict_strict(model, state, source)
+        return cls(model, state_dict_sha256(model.state_dict()), source=source, device=device)
 
     @classmethod
     def random_init(cls, seed: int = 0, device: str | torch.device = "auto") -> "CNNSAExtractor":
@@ -106,4 +125,83 @@ def inference_copy(model: CNNSA) -> CNNSA:
     return fast.to(memory_format=torch.channels_last)
 
 
-EXTRACTORS: dict[str, type[MusicExtractor]] = {"cnnsa": CNNSAExtractor}
+class MusicnnExtractor(MusicExtractor):
+    """musicnn's mid-end sequence (753 channels: front end and three conv layers), averaged over
+    17-frame windows: 11 steps per 3 s patch, 3.68 per second, 55 x 753 for a 15 s excerpt."""
+
+    sample_rate = musicnn.SAMPLE_RATE
+    dim = musicnn.FRAME_CHANNELS
+
+    def __init__(self, name: str, model: musicnn.Musicnn, weights_sha256: str, source: str,
+                 device: str | torch.device = "auto"):
+        if name not in musicnn.VARIANTS:
+            raise ValueError(f"unknown musicnn encoder {name!r}: one of {', '.join(musicnn.VARIANTS)}")
+        self.name = name
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
+        self.frontend = musicnn.MusicnnFrontEnd().to(self.device)
+        self.weights_sha256, self.source = weights_sha256, source
+
+    @classmethod
+    def from_package(cls, name: str = "musicnn-msd", device: str | torch.device = "auto") -> "MusicnnExtractor":
+        """The pretrained weights of the installed `musicnn` wheel (converted once, then cached)."""
+        if name not in musicnn.VARIANTS:
+            raise ValueError(f"unknown musicnn encoder {name!r}: one of {', '.join(musicnn.VARIANTS)}")
+        variant = musicnn.VARIANTS[name]
+        model = musicnn.load_musicnn(variant)
+        _, checkpoint_sha256 = musicnn.converted_weights(variant)
+        source = f"musicnn 0.1.0 wheel: {variant} (checkpoint data sha256 {checkpoint_sha256[:16]})"
+        return cls(name, model, state_dict_sha256(model.state_dict()), source, device)
+
+    @classmethod
+    def from_state(cls, identity, state, source, device="cpu") -> "MusicnnExtractor":
+        model = musicnn.Musicnn(n_tags=state["tags.weight"].shape[0] if "tags.weight" in state else 50)
+        load_state_dict_strict(model, state, source)
+        return cls(identity["name"], model, state_dict_sha256(model.state_dict()), source, device)
+
+    def identity(self) -> dict:
+        return {
+            "name": self.name,
+            "weights_sha256": self.weights_sha256,
+            "dim": self.dim,
+            "output": f"mid-end features (front end + 3 conv layers) averaged over {musicnn.POOL_FRAMES}-frame windows "
+                      f"of each non-overlapping {musicnn.PATCH_FRAMES}-frame patch",
+            "steps_per_second": round(musicnn.SAMPLE_RATE / musicnn.HOP / musicnn.POOL_FRAMES, 4),
+            "frontend": musicnn.MusicnnFrontEnd.config(),
+        }
+
+    def describe(self) -> dict:
+        return {**self.identity(), "weights_source": self.source}
+
+    def tag_names(self) -> tuple[str, ...]:
+        return musicnn.labels(musicnn.VARIANTS[self.name])
+
+    def _patches(self, waves: torch.Tensor) -> tuple[torch.Tensor, int]:
+        mel = musicnn.patches(self.frontend(waves.to(self.device)))  # (B, P, 187, 96)
+        return mel.flatten(0, 1), mel.shape[1]
+
+    @torch.inference_mode()
+    def embed(self, waves: torch.Tensor) -> torch.Tensor:
+        flat, count = self._patches(waves)
+        frames = self.model.frame_features(flat)  # (B * P, 753, 187)
+        steps = musicnn.PATCH_FRAMES // musicnn.POOL_FRAMES
+        pooled = frames.reshape(*frames.shape[:2], steps, musicnn.POOL_FRAMES).mean(dim=3)  # (B * P, 753, 11)
+        return pooled.transpose(1, 2).reshape(waves.shape[0], count * steps, self.dim).float().cpu()
+
+    @torch.inference_mode()
+    def tag(self, waves: torch.Tensor) -> torch.Tensor:
+        """The mean over patches of the per-patch taggram, as musicnn's `top_tags` averages."""
+        flat, count = self._patches(waves)
+        probs = torch.sigmoid(self.model(flat).tag_logits)
+        return probs.reshape(waves.shape[0], count, -1).mean(dim=1).float().cpu()
+
+
+ENCODER_NAMES = ("cnnsa", *musicnn.VARIANTS)
+
+
+def extractor_class(name: str) -> type[MusicExtractor]:
+    if name == "cnnsa":
+        return CNNSAExtractor
+    if name in musicnn.VARIANTS:
+        return MusicnnExtractor
+    raise ValueError(f"unknown music encoder {name!r}: one of {', '.join(ENCODER_NAMES)}")
