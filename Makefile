@@ -4,14 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.alcap-installed
 DEMO_DIR ?= demo
+# The demo's music encoder: musicnn-msd (pretrained on the Million Song Dataset, from the musicnn
+# wheel, offline), musicnn-mtt, tagger (train a CNNSA tagger on the corpus's tag columns first,
+# `alcap train-tagger`), or cnnsa with CHECKPOINT=path/to/best_model.pth (the MSD CNNSA weights).
+DEMO_ENCODER ?= $(if $(CHECKPOINT),cnnsa,musicnn-msd)
 CHECKPOINT ?=
-# Without CHECKPOINT (the MSD weights cannot be fetched offline) the demo trains a CNNSA tagger on
-# the corpus's tag columns first and embeds with it: a random CNNSA's features barely tell songs apart.
-# 20 epochs: the learning rate is constant and the best validation epoch was 18 of 30, so the
-# kept weights are the same as with 30 (same sha256), 30 s sooner.
 TAGGER_DIR := $(DEMO_DIR)/tagger
-ENCODER := $(if $(CHECKPOINT),$(CHECKPOINT),$(TAGGER_DIR))
-EMBED_DIR := $(DEMO_DIR)/embeddings-$(if $(CHECKPOINT),checkpoint,tagger)
+EMBED_DIR := $(DEMO_DIR)/embeddings-$(DEMO_ENCODER)
+ENCODER_ARGS := $(if $(filter tagger,$(DEMO_ENCODER)),--checkpoint $(TAGGER_DIR),$(if $(filter cnnsa,$(DEMO_ENCODER)),--checkpoint $(CHECKPOINT),--encoder $(DEMO_ENCODER)))
+DEMO_ALIGNMENT ?= 0.6
 PYTEST_ARGS ?=
 
 .PHONY: demo test venv clean
@@ -40,25 +41,28 @@ DEMO_SEEDS ?= 2020
 DEMO_SEED := $(firstword $(DEMO_SEEDS))
 
 demo: $(STAMP)
-	$(BIN)/alcap data make-demo $(DEMO_DIR)/corpus
+	$(BIN)/alcap data make-demo $(DEMO_DIR)/corpus --alignment $(DEMO_ALIGNMENT)
 	$(BIN)/alcap data validate $(DEMO_DIR)/corpus/manifest.jsonl --max-issues 10 --quiet
-	$(if $(CHECKPOINT),,test -f $(TAGGER_DIR)/best_model.pth || $(BIN)/alcap train-tagger $(DEMO_DIR)/corpus/manifest.jsonl \
-		--tags instrument tempo mode energy drums --epochs 20 --out $(TAGGER_DIR) --quiet)
-	$(BIN)/alcap embed $(DEMO_DIR)/corpus/manifest.jsonl --out $(EMBED_DIR) --checkpoint $(ENCODER)
+	$(if $(filter tagger,$(DEMO_ENCODER)),test -f $(TAGGER_DIR)/best_model.pth || $(BIN)/alcap train-tagger \
+		$(DEMO_DIR)/corpus/manifest.jsonl --tags instrument tempo mode energy drums --epochs 20 --out $(TAGGER_DIR) --quiet)
+	$(BIN)/alcap embed $(DEMO_DIR)/corpus/manifest.jsonl --out $(EMBED_DIR) $(ENCODER_ARGS) --quiet
 	$(BIN)/alcap store info $(EMBED_DIR)
+	$(BIN)/alcap probe $(EMBED_DIR) --manifest $(DEMO_DIR)/corpus/manifest.jsonl --columns tempo instrument mode energy drums
 	$(BIN)/alcap experiment configs/demo.yaml --seeds $(DEMO_SEEDS) --output-dir $(RUNS_DIR) --quiet \
-		$(if $(CHECKPOINT),--set data.embeddings=$(EMBED_DIR))
+		--set data.embeddings=$(EMBED_DIR)
 	$(BIN)/alcap caption $$($(BIN)/python -c "$$HELD_OUT" $(DEMO_DIR)/corpus/manifest.jsonl 4) \
 		--model $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best --jsonl $(RUNS_DIR)/captions.jsonl
 	$(BIN)/alcap attention $(RUNS_DIR)/bart-fusion/seed-$(DEMO_SEED)/best $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best \
 		--songs 3 --out $(RUNS_DIR)/attention.png
 	$(BIN)/alcap alignment $(RUNS_DIR)/bart-fusion/seed-$(DEMO_SEED)/best $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best \
 		--out $(RUNS_DIR)/alignment
+	$(BIN)/alcap diagnose swap $(foreach m,bart bart-fusion alcap,$(RUNS_DIR)/$(m)/seed-$(DEMO_SEED)/best) \
+		--out $(RUNS_DIR)/swap --quiet
 	$(BIN)/alcap report $(RUNS_DIR) --captions $(RUNS_DIR)/captions.jsonl --title "alcap demo: BART vs BART-fusion vs ALCAP"
 	@echo
-	@echo "demo corpus:     $(DEMO_DIR)/corpus (manifest.jsonl, audio/, corpus.json)"
+	@echo "demo corpus:     $(DEMO_DIR)/corpus (manifest.jsonl, audio/, corpus.json, attributes.json)"
 	@echo "embedding store: $(EMBED_DIR)"
-	@echo "report:          $(RUNS_DIR)/report.md (tables/, metrics.json, loss_curves.png, attention.png, alignment/)"
+	@echo "report:          $(RUNS_DIR)/report.md (tables/, metrics.json, loss_curves.png, attention.png, alignment/, swap/)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -298,12 +298,16 @@ def cmd_make_demo(args) -> int:
 
     summary = make_demo_corpus(args.out, n_songs=args.songs, seed=args.seed, captions_per_song=args.captions_per_song,
                                min_seconds=args.min_seconds, max_seconds=args.max_seconds, workers=args.workers,
-                               progress=not args.quiet)
+                               progress=not args.quiet, alignment=args.alignment,
+                               instrumental_share=args.instrumental_share)
     if summary.get("reused"):
-        print(f"reusing the corpus already in {args.out} (same seed and size); delete it to regenerate")
+        print(f"reusing the corpus already in {args.out} (same parameters); delete it to regenerate")
     print(f"demo corpus: {summary['songs']} songs ({summary['seconds_of_audio'] / 60:.1f} min of audio), "
           f"{summary['rows']} captions, splits {summary['splits']}, formats {summary['formats']}, "
           f"made in {summary['generation_seconds']} s")
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in summary["preferred_character_share"].items() if v is not None)
+    print(f"music-lyrics alignment {summary['alignment']} (songs with their theme's preferred {shares}); "
+          f"{summary['attributes']['theme'].get('instrumental', 0)} instrumentals")
     print(f"manifest: {summary['manifest']}")
     return 0
 
@@ -404,7 +408,9 @@ def cmd_train(args) -> int:
     if not summary["main_process"]:
         return 0  # under several processes one summary is enough
     best = ", ".join(f"{k} {v:.4f}" for k, v in summary["best"].items() if v is not None) or "no validation rows"
-    print(f"trained {summary['epochs']} epochs ({summary['global_step']} steps) in {summary['seconds']} s; best {best}")
+    at = f" at epoch {summary['best_epoch']}" if summary.get("best_epoch") is not None else ""
+    print(f"trained {summary['epochs']} epochs ({summary['global_step']} steps) in {summary['seconds']} s; "
+          f"best {best}{at} (best/)")
     print(f"run directory: {summary['output_dir']} (best/ and last/ are loadable models, log.jsonl the curves)")
     return 0
 
@@ -450,6 +456,39 @@ def cmd_attention(args) -> int:
     attention_figure(models, args.out, max_tokens=args.max_tokens)
     print(f"attention maps of {len(models)} model(s) x {len(models[0].song_ids)} song(s) "
           f"({', '.join(models[0].song_ids)}): {args.out}")
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from .probe import format_probe, linear_probe
+
+    reports = [linear_probe(store, args.manifest, args.columns, splits=args.split, folds=args.folds, seed=args.seed)
+               for store in args.stores]
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        print(f"linear probe: {args.folds}-fold logistic regression on time-averaged h_m "
+              f"({'splits ' + ', '.join(args.split) if args.split else 'all songs'}); accuracy mean ± std over folds")
+        print("\n".join(format_probe(reports)))
+    return 0
+
+
+def cmd_diagnose_swap(args) -> int:
+    from .diagnose import format_swap_report, swap_diagnostic
+
+    reports = []
+    for model in args.models:
+        out = Path(args.out) / Path(model).parent.parent.name / Path(model).parent.name if args.out and len(args.models) > 1 \
+            else args.out
+        report = swap_diagnostic(model, split=args.split, manifest=args.manifest, embeddings=args.embeddings,
+                                 attribute_words=args.attributes, seed=args.seed, limit=args.limit,
+                                 num_beams=args.num_beams, out_dir=out, progress=not args.quiet)
+        reports.append(report)
+        if not args.json:
+            print("\n".join(format_swap_report(report)))
+            print(f"  captions and table: {report['output_dir']}")
+    if args.json:
+        print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
     return 0
 
 
@@ -731,6 +770,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="attention.png", metavar="PNG", help="figure file (default: attention.png)")
     p.set_defaults(func=cmd_attention)
 
+    p = sub.add_parser("probe", help="linear-probe accuracy of music embeddings for manifest columns (compare encoders)",
+                       description="For each embedding store, average every song's h_m over time and cross-validate "
+                                   "a logistic regression (scikit-learn, standardised features) that predicts each "
+                                   "given manifest column: how much of each attribute the encoder's embeddings carry.")
+    p.add_argument("stores", nargs="+", metavar="STORE", help="embedding stores to compare (made by alcap embed)")
+    p.add_argument("--manifest", required=True, help="manifest whose columns hold the attributes")
+    p.add_argument("--columns", nargs="+", required=True, metavar="COLUMN", help="columns to predict, e.g. tempo instrument")
+    p.add_argument("--split", nargs="+", metavar="NAME",
+                   help="only songs of these splits, e.g. val test to leave out songs a tagger was trained on "
+                        "(default: every song in the store)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_probe)
+
+    diagnose = sub.add_parser("diagnose", help="diagnostics of trained models (swap: does each stated attribute "
+                                               "follow the music or the lyrics?)")
+    dsub = diagnose.add_subparsers(dest="diagnostic", metavar="DIAGNOSTIC", required=True)
+    p = dsub.add_parser("swap", help="caption songs with their own and with other songs' music; report what follows what",
+                        description="Caption every song of a split twice: with its own music, and with its own "
+                                    "lyrics but another song's music (a fixed random derangement). For each attribute "
+                                    "the corpus has words for (attributes.json beside the manifest, or --attributes), "
+                                    "print how often the own caption is right and, over pairs whose songs differ in "
+                                    "it, how often the swapped caption follows the music and how often the lyrics; "
+                                    "also, per fusion layer, the norm of the fusion update against the lyric states. "
+                                    "Writes swap.json and swap.jsonl (both captions per song).")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model directories (best/ or last/ of runs)")
+    p.add_argument("--split", default="test", help="songs to caption (default: test)")
+    p.add_argument("--manifest", help="manifest (default: the one the model was trained on)")
+    p.add_argument("--embeddings", help="embedding store (default: the one the model was trained on)")
+    p.add_argument("--attributes", metavar="FILE",
+                   help='words per attribute value, {"instrument": {"piano": ["piano"], ...}, ...} (default: '
+                        "attributes.json beside the manifest)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the music swap (default: 0)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N songs")
+    p.add_argument("--num-beams", type=int, metavar="N", help="beam size (default: the run's generation config)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: MODEL/diagnose-swap-SPLIT; with several "
+                                                "models, DIR/METHOD/SEED)")
+    p.add_argument("--json", action="store_true", help="print the reports as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_diagnose_swap)
+
     p = sub.add_parser("alignment", help="music-lyrics similarity matrix of the alignment head and its retrieval accuracy",
                        description="What the contrastive module learned: for a split's songs, the cosine similarity of "
                                    "pooled music (z_m) and projected pooled lyrics (z_t) as a songs x songs heat map, "
@@ -816,6 +897,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--captions-per-song", type=int, default=3, help="captions per song (default: 3)")
     p.add_argument("--min-seconds", type=float, default=15.0, help="shortest song in seconds (default: 15)")
     p.add_argument("--max-seconds", type=float, default=30.0, help="longest song in seconds (default: 30)")
+    p.add_argument("--alignment", type=float, default=0.6, metavar="P",
+                   help="how loosely music follows the lyrics: each of a song's mode, tempo and energy takes its "
+                        "theme's preferred value (heartbreak/loss: minor, slow; love/home: major, mid-tempo, gentle; "
+                        "hope/freedom: major, fast, energetic) with probability P, else a uniform draw. 0 gives the "
+                        "independent corpus of version 2 (default: 0.6)")
+    p.add_argument("--instrumental-share", type=float, default=None, metavar="F",
+                   help="share of songs that are instrumentals: no lyrics, captions about the music alone "
+                        "(default: 0.15, or 0 with --alignment 0)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="synthesis processes (default: one per CPU core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_make_demo)

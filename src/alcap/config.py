@@ -30,6 +30,9 @@ class DataConfig:
     # Batch rows of similar length together (shuffled groups of batches), so that dynamic padding
     # wastes little; off: plain random batches, as the original.
     length_grouping: bool = True
+    # Words that state each attribute value in a caption (metrics/attributes.py), for
+    # val/stated_* and attribute accuracy; None: attributes.json beside the manifest, if any.
+    attribute_words: str | None = None
 
 
 @dataclass
@@ -101,7 +104,10 @@ class TrainConfig:
     eval_generate: bool = True
     eval_generate_songs: int | None = None  # caption only the first N validation songs (None: all)
     eval_num_beams: int | None = None  # None: generation.num_beams
-    select_metric: str = "val/loss"  # the checkpoint with the best value of this is kept as best/
+    # The checkpoint with the best value of this is kept as best/. The caption loss, not
+    # val/loss: ALCAP's val/loss adds alpha x the contrastive loss, so methods would be
+    # selected on different quantities.
+    select_metric: str = "val/caption_loss"
     select_mode: Literal["auto", "min", "max"] = "auto"  # auto: min for losses, max for everything else
 
     def selects_lower(self) -> bool:

@@ -10,18 +10,18 @@ import numpy as np
 from .data.manifest import read_manifest
 from .data.store import EmbeddingStore
 from .inference import Captioner
+from .metrics.attributes import AttributeWords, attribute_accuracy
 from .metrics.captioning import caption_scores
 from .metrics.retrieval import SentenceEncoder, text_to_music_retrieval
 
 PREDICTIONS_FILE, METRICS_FILE, RETRIEVAL_FILE = "predictions.jsonl", "metrics.json", "retrieval.npz"
-ATTRIBUTES = ("instrument", "tempo", "mode", "energy", "drums", "theme")
 
 
 def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | None = None, embeddings: str | None = None,
                    out_dir: str | Path | None = None, num_beams: int | None = None, max_new_tokens: int | None = None,
                    limit: int | None = None, progress: bool = True, retrieval: bool = True,
                    retrieval_model: str | None = None, query_seed: int = 0, mixed_precision: str | None = None,
-                   batch_size: int | None = None) -> dict:
+                   batch_size: int | None = None, attribute_words: str | None = None) -> dict:
     """One prediction per song of `split`, scored against every caption of that song, and
     text-to-music retrieval over the split (one reference sentence per song as the query).
 
@@ -33,14 +33,16 @@ def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | N
     run = captioner.run
     captioner.generation = captioner.generation.with_overrides(
         num_beams=num_beams, max_new_tokens=max_new_tokens, mixed_precision=mixed_precision, batch_size=batch_size)
-    rows = read_manifest(manifest or run.data.manifest).split(split)
+    manifest = manifest or run.data.manifest
+    rows = read_manifest(manifest).split(split)
     if not rows:
-        raise ValueError(f"no rows in split {split!r} of {manifest or run.data.manifest}")
+        raise ValueError(f"no rows in split {split!r} of {manifest}")
     items = songs_with_references(rows)[:limit]
     store = EmbeddingStore.open(embeddings or run.data.embeddings) if captioner.uses_music else None
     if store is not None:
         store.require([s["song_id"] for s in items], f"songs of split {split!r}")
-    predictions, metrics, per_song = caption_and_score(captioner, items, store, progress=progress)
+    words = AttributeWords.for_manifest(manifest, attribute_words or run.data.attribute_words)
+    predictions, metrics, per_song = caption_and_score(captioner, items, store, progress=progress, words=words)
     metrics.update({"split": split, "model": str(model_dir)})
     out = Path(out_dir or model_dir / f"eval-{split}")
     out.mkdir(parents=True, exist_ok=True)
@@ -66,16 +68,18 @@ def songs_with_references(rows) -> list[dict]:
     songs: dict[str, dict] = {}
     for row in rows:
         song = songs.setdefault(row.song_id, {"song_id": row.song_id, "lyrics": row.lyrics, "references": [],
-                                              "attributes": {k: row.extra[k] for k in ATTRIBUTES if k in row.extra}})
+                                              "attributes": {k: str(v) for k, v in row.extra.items()}})
         if row.caption:
             song["references"].append(row.caption)
     return [s for s in songs.values() if s["references"]]
 
 
 def caption_and_score(captioner: Captioner, items: list[dict], store: EmbeddingStore | None,
-                      progress: bool = False) -> tuple[list[str], dict, dict[str, list[float]]]:
+                      progress: bool = False, words: AttributeWords | None = None
+                      ) -> tuple[list[str], dict, dict[str, list[float]]]:
     """Caption `items` from the store's embeddings and score them: (captions, metrics, each
-    song's scores); shared by evaluation and validation."""
+    song's scores); shared by evaluation and validation. Attributes are scored with `words`
+    (the corpus's own, see metrics/attributes.py), or not at all."""
     music = [store.get(s["song_id"]) for s in items] if captioner.uses_music else None
     predictions = captioner.caption_embeddings([s["lyrics"] for s in items], music, progress=progress)
     metrics, per_song = caption_scores(predictions, [s["references"] for s in items])
@@ -83,21 +87,10 @@ def caption_and_score(captioner: Captioner, items: list[dict], store: EmbeddingS
     used = generation.mixed_precision if generation.autocast_dtype(captioner.device) else "no"  # as decoded
     metrics.update({"songs": len(items), "generation": {**generation.kwargs(), "batch_size": generation.batch_size,
                                                         "mixed_precision": used}})
-    accuracy = attribute_accuracy(items, predictions)
-    if accuracy:
-        metrics["attribute_accuracy"] = accuracy
+    scored = attribute_accuracy(items, predictions, words)
+    if scored:
+        metrics["attribute_accuracy"] = scored["accuracy"]
+        metrics["attribute_words"] = words.source
+        if "invented" in scored:
+            metrics["attribute_invented"] = scored["invented"]
     return predictions, metrics, per_song
-
-
-def attribute_accuracy(items: list[dict], predictions: list[str]) -> dict:
-    """Share of songs whose caption states the true value of each audio attribute (demo corpus)."""
-    from .data.demo import caption_attributes, caption_theme
-
-    if not items or not items[0]["attributes"]:
-        return {}
-    stated = [{**caption_attributes(p), "theme": caption_theme(p)} for p in predictions]
-    out = {}
-    for name in ATTRIBUTES:
-        if name in items[0]["attributes"]:
-            out[name] = sum(s.get(name) == it["attributes"][name] for s, it in zip(stated, items)) / len(items)
-    return out

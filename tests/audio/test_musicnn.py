@@ -140,3 +140,16 @@ def test_extractor_sequence_and_tags(reference):
     assert len(extractor.tag_names()) == 50 and extractor.tag_names()[0] == "rock"
     assert extractor.embed(torch.zeros(1, 16000 * 15)).shape == (1, 55, 753)  # a 15 s excerpt
     assert extractor.embed(torch.zeros(2, 16000)).shape == (2, 11, 753)  # under 3 s: frames repeated to one patch
+
+
+def test_fast_front_end_pooling_is_the_literal_maths(models):
+    """Pooling before the BatchNorm (eval mode) equals BN -> ReLU -> max as the original orders them,
+    for channels whose BatchNorm scale is negative too."""
+    from torch.nn import functional as F
+
+    model = models["MSD_musicnn"]
+    x = model.input_bn(musicnn.patches(musicnn.MusicnnFrontEnd()(clip("beat")))[0].unsqueeze(1))
+    for block in (*model.timbral, *model.temporal):
+        literal = block.bn(F.relu(block.conv(F.pad(x, (0, 0, *block.time_pad))))).amax(dim=3)
+        torch.testing.assert_close(block(x), literal, rtol=1e-5, atol=1e-5)
+    assert any((b.bn.weight < 0).any() for b in (*model.timbral, *model.temporal))  # the min branch is exercised

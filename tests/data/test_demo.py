@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -5,9 +6,17 @@ import pytest
 import soundfile as sf
 
 from alcap.data import demo
-from alcap.data.demo import caption_attributes, make_demo_corpus, plan_corpus, synthesize
+from alcap.data.demo import make_demo_corpus, plan_corpus, synthesize
 from alcap.data.manifest import read_manifest
 from alcap.data.validate import validate_manifest
+from alcap.metrics.attributes import AttributeWords
+
+WORDS = AttributeWords(demo.attribute_words())
+
+
+def caption_attributes(text: str) -> dict:
+    """The audio attributes a text states, by the demo's own words."""
+    return {k: v for k, v in WORDS.stated(text).items() if v is not None and k != "theme"}
 
 SMALL = dict(n_songs=8, min_seconds=2.0, max_seconds=3.0, workers=2, progress=False)
 
@@ -52,14 +61,56 @@ def demo_excerpt():
 
 def test_captions_state_the_true_attributes_and_the_theme(corpus):
     out, _ = corpus
-    for row in read_manifest(out / "manifest.jsonl"):
+    assert AttributeWords.load(out / "attributes.json").words == WORDS.words  # the corpus's words, beside it
+    rows = read_manifest(out / "manifest.jsonl").rows
+    for row in rows:
         truth = {k: row.extra[k] for k in ("instrument", "tempo", "mode", "energy", "drums")}
         stated = caption_attributes(row.caption)
         assert {"instrument", "tempo", "mode"} <= set(stated), row.caption
         assert all(truth[k] == v for k, v in stated.items()), (row.caption, truth)
-        theme = row.extra["theme"]
-        phrases = demo._THEME_ABOUT[theme] + demo._THEME_READING[theme]
-        assert any(p.lower() in row.caption.lower() for p in phrases), row.caption
+        assert WORDS.is_right("theme", WORDS.stated(row.caption)["theme"], row.extra["theme"]), row.caption
+
+
+def test_instrumentals_have_no_lyrics_and_their_captions_no_theme(tmp_path):
+    make_demo_corpus(tmp_path, seed=3, **{**SMALL, "n_songs": 6}, instrumental_share=0.5)
+    rows = read_manifest(tmp_path / "manifest.jsonl").rows
+    instrumentals = [r for r in rows if r.extra["theme"] == demo.INSTRUMENTAL]
+    assert instrumentals and len(instrumentals) < len(rows)
+    for row in instrumentals:
+        assert row.lyrics == "" and WORDS.stated(row.caption)["theme"] is None, row.caption
+        assert "instrumental" in row.caption.lower() or "no vocals" in row.caption.lower()
+
+
+def test_aligned_corpus_follows_each_themes_character_with_probability_0_6():
+    """P(preferred value | preferring theme) = 0.6 + 0.4 / k for an attribute of k values."""
+    specs = [s for s in plan_corpus(6000, seed=0, alignment=0.6, instrumental_share=0.15)]
+    sung = [s for s in specs if s.theme != demo.INSTRUMENTAL]
+    assert abs(1 - len(sung) / len(specs) - 0.15) < 0.015
+    for attribute, k in (("mode", 2), ("tempo", 3), ("energy", 2)):
+        hits = [getattr(s, attribute) == demo.THEME_CHARACTER[s.theme][attribute] for s in sung
+                if attribute in demo.THEME_CHARACTER.get(s.theme, {})]
+        expected, n = 0.6 + 0.4 / k, len(hits)
+        assert abs(np.mean(hits) - expected) < 4 * np.sqrt(expected * (1 - expected) / n), attribute
+    for s in sung:  # a changed tempo keeps its bpm inside the tempo's range
+        assert demo.TEMPOS[s.tempo][0] <= s.bpm < demo.TEMPOS[s.tempo][1]
+    # Themes without a preference and instrumentals stay uniform.
+    free = [s.mode == "major" for s in specs if s.theme in ("nature", "city", demo.INSTRUMENTAL)]
+    assert abs(np.mean(free) - 0.5) < 4 * np.sqrt(0.25 / len(free))
+
+
+def test_alignment_zero_is_the_independent_corpus_of_version_2():
+    """The uniform draws come first, so alignment 0 reproduces the earlier corpus's songs; the
+    aligned corpus changes only theme-preferred attributes and instrumentals."""
+    independent = plan_corpus(300, seed=0, alignment=0.0)
+    aligned = plan_corpus(300, seed=0, alignment=0.6, instrumental_share=0.15)
+    assert [s.instrument for s in independent] == [s.instrument for s in aligned]
+    assert [s.seed for s in independent] == [s.seed for s in aligned]
+    changed = [(a, b) for a, b in zip(independent, aligned) if a != b]
+    assert changed and all(b.theme in (*demo.THEME_CHARACTER, demo.INSTRUMENTAL) for _, b in changed)
+    # Every song's draw of corpus version 2 (seed 0), hashed when that code generated it.
+    draws = repr([(x.tempo, x.bpm, x.instrument, x.mode, x.energy, x.drums, x.theme, x.seconds) for x in independent])
+    assert hashlib.sha256(draws.encode()).hexdigest() == \
+        "ca0a60738595e838ca441644387bfabf2d8d341afe2e2d114c2dc6934504f1fb"
 
 
 def test_lyrics_say_nothing_about_the_audio():

@@ -121,3 +121,24 @@ def test_wordnet_install_layout(tmp_path):
     assert len(lines) == 45 and lines[0] == "00\tadj.all\t3" and lines[3] == "03\tnoun.Tops\t1" and lines[44] == "44\tadj.ppl\t3"
     with pytest.raises(FileNotFoundError, match="apt-get install wordnet-base"):
         install_from_debian(tmp_path / "nowhere", tmp_path / "x")
+
+
+def test_offline_meteor_tokenizer_is_word_tokenizes_own():
+    """Without punkt the fallback must split words exactly as nltk.word_tokenize does (its
+    NLTKWordTokenizer); the plain Treebank tokenizer differs on curly quotes, ellipses, dashes."""
+    import nltk
+    from nltk.tokenize import TreebankWordTokenizer
+
+    from alcap.metrics.captioning import tokenizer_for_meteor
+
+    tokenize, name = tokenizer_for_meteor()
+    texts = ["She sings \u201cstay with me\u201d\u2026 and it\u2019s over", "A slow song -- mostly piano\u2014and strings",
+             "Don't stop... the 'city' never sleeps"]
+    differs = 0
+    for text in texts:
+        assert tokenize(text) == nltk.word_tokenize(text, preserve_line=True), text
+        differs += TreebankWordTokenizer().tokenize(text) != tokenize(text)
+    assert differs >= 2  # the texts exercise what the two tokenizers disagree on
+    two = "It is slow. Then it\u2019s fast\u2026 really."
+    assert tokenize(two) == [t for s in ("It is slow.", "Then it\u2019s fast\u2026 really.")
+                             for t in nltk.word_tokenize(s, preserve_line=True)] or "punkt" in name

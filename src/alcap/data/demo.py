@@ -1,15 +1,23 @@
 """The embedded demo corpus: synthetic songs whose captions need both the audio and the lyrics.
 
-Each song has audio attributes drawn independently of its lyric theme: tempo, lead
-instrument (timbre), major/minor mode, energy (loudness and density) and drums. Every
-caption states the instrument, tempo, mode and theme, and some also state energy and
-drums, in varied human-like phrasings. A lyrics-only model can get the theme right but not
-the audio facts; an audio-only model the reverse. Everything is deterministic from the
-seed, and songs are synthesised in parallel processes.
+Each song has audio attributes: tempo, lead instrument (timbre), major/minor mode, energy
+(loudness and density) and drums, and a lyric theme. Every caption states the instrument,
+tempo, mode and theme, and some also state energy and drums, in varied human-like phrasings.
+A lyrics-only model can get the theme right but not the audio facts; an audio-only model
+the reverse.
+
+As in real songs, music and lyrics are loosely aligned (`alignment`, 0.6 by default, fixed
+before any result was seen): each theme has a preferred musical character (`THEME_CHARACTER`),
+and each of a song's mode, tempo and energy takes its theme's preferred value with probability
+`alignment`, otherwise the uniform draw of the independent corpus (`alignment=0`, corpus
+version 2's songs exactly). A share of songs (`instrumental_share`) are instrumentals: no
+lyrics, captions about the music alone. Everything is deterministic from the seed, and songs
+are synthesised in parallel processes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -20,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from ..metrics.attributes import ATTRIBUTE_WORDS_FILE
 from .manifest import write_manifest
 
 TEMPOS = {"slow": (62, 78), "moderate": (92, 112), "fast": (132, 158)}
@@ -27,6 +36,16 @@ INSTRUMENTS = ("piano", "guitar", "strings", "synth", "flute")
 MODES = ("major", "minor")
 ENERGIES = ("gentle", "energetic")
 THEMES = ("love", "heartbreak", "nature", "city", "home", "hope", "freedom", "loss")
+INSTRUMENTAL = "instrumental"  # the theme column of a song without lyrics
+# Each theme's preferred musical character; nature and city have none.
+THEME_CHARACTER = {
+    "heartbreak": {"mode": "minor", "tempo": "slow"}, "loss": {"mode": "minor", "tempo": "slow"},
+    "love": {"mode": "major", "tempo": "moderate", "energy": "gentle"},
+    "home": {"mode": "major", "tempo": "moderate", "energy": "gentle"},
+    "hope": {"mode": "major", "tempo": "fast", "energy": "energetic"},
+    "freedom": {"mode": "major", "tempo": "fast", "energy": "energetic"},
+}
+DEFAULT_ALIGNMENT, DEFAULT_INSTRUMENTAL_SHARE = 0.6, 0.15
 
 # Words that identify each attribute value in a caption, used to score captions later.
 # Checked in order; negated drum phrases come first so "no drums" is not read as drums.
@@ -47,7 +66,7 @@ FORMATS = (  # (extension, soundfile format, subtypes, share of songs)
 )
 SAMPLE_RATES = ((16000, 0.2), (22050, 0.4), (32000, 0.2), (44100, 0.2))
 SPLIT_SHARES = (("train", 0.70), ("val", 0.15), ("test", 0.15))
-CORPUS_VERSION = 2  # bump when synthesis or captions change, so old corpora are regenerated
+CORPUS_VERSION = 3  # bump when synthesis or captions change, so old corpora are regenerated
 
 
 # ----------------------------------------------------------------------------- lyrics
@@ -179,6 +198,13 @@ _TEMPLATES = (
     "A {energy}, {tempo} track with {instrument} in {mode_key}; lyrically it deals with {about}.",
     "Over {tempo} {instrument_bare} in {mode_key}, the lyrics describe {about}. {reading_cap}.",
 )
+_INSTRUMENTAL_TEMPLATES = (  # no lyrics: the music alone
+    "An instrumental, {tempo} {mode_adj} piece led by {instrument}{drums}.",
+    "A {energy}, {tempo} instrumental with {instrument} in {mode_key}; there are no vocals.",
+    "No vocals here: {tempo} {instrument_bare} in {mode_key}{drums}, {energy} throughout.",
+    "This instrumental track is {energy} and {tempo}, built on {instrument} in {mode_key}.",
+    "A {tempo} {instrument_bare} instrumental in {mode_key}{drums}.",
+)
 
 
 @dataclass(frozen=True)
@@ -211,20 +237,27 @@ def make_lyrics(theme: str, rng: np.random.Generator) -> str:
     return "\n".join(verse1 + [""] + chorus + [""] + verse2 + [""] + chorus)
 
 
+def templates_for(spec: SongSpec) -> tuple[str, ...]:
+    return _INSTRUMENTAL_TEMPLATES if spec.theme == INSTRUMENTAL else _TEMPLATES
+
+
 def make_caption(spec: SongSpec, rng: np.random.Generator, template: int | None = None) -> str:
     def choice(options):
         return options[rng.integers(len(options))]
 
     instrument = choice(_INSTRUMENT[spec.instrument])
-    about, reading = choice(_THEME_ABOUT[spec.theme]), choice(_THEME_READING[spec.theme])
+    sung = spec.theme != INSTRUMENTAL
+    about = choice(_THEME_ABOUT[spec.theme]) if sung else ""
+    reading = choice(_THEME_READING[spec.theme]) if sung else ""
     fields = {
         "tempo": choice(_TEMPO[spec.tempo]), "mode_adj": choice(_MODE_ADJ[spec.mode]), "mode_key": choice(_MODE_KEY[spec.mode]),
         "instrument": instrument, "instrument_bare": choice(_INSTRUMENT_BARE[spec.instrument]),
         "energy": choice(_ENERGY[spec.energy]), "drums": choice(_DRUMS[spec.drums]) if rng.random() < 0.6 else "",
-        "about": about, "about_cap": about[0].upper() + about[1:], "reading": reading,
-        "reading_cap": reading[0].upper() + reading[1:],
+        "about": about, "about_cap": about[:1].upper() + about[1:], "reading": reading,
+        "reading_cap": reading[:1].upper() + reading[1:],
     }
-    text = _TEMPLATES[template if template is not None else rng.integers(len(_TEMPLATES))].format(**fields)
+    templates = templates_for(spec)
+    text = templates[template if template is not None else rng.integers(len(templates))].format(**fields)
     return text.replace("  ", " ")
 
 
@@ -354,8 +387,14 @@ def _weighted(rng: np.random.Generator, options):
     return options[rng.choice(len(options), p=weights / weights.sum())]
 
 
-def plan_corpus(n_songs: int, seed: int, min_seconds: float = 15.0, max_seconds: float = 30.0) -> list[SongSpec]:
-    """Draw every song's attributes; the theme is drawn independently of the audio attributes."""
+def plan_corpus(n_songs: int, seed: int, min_seconds: float = 15.0, max_seconds: float = 30.0,
+                alignment: float = DEFAULT_ALIGNMENT, instrumental_share: float = 0.0) -> list[SongSpec]:
+    """Draw every song's attributes. The uniform draws come first, in the independent corpus's
+    order; a second stream per song then decides which songs are instrumentals and which of
+    their mode, tempo and energy follow the theme's preference, so `alignment=0` with no
+    instrumentals gives exactly the independent corpus."""
+    if not 0.0 <= alignment <= 1.0 or not 0.0 <= instrumental_share <= 1.0:
+        raise ValueError(f"alignment ({alignment}) and instrumental share ({instrumental_share}) must lie in [0, 1]")
     rng = np.random.default_rng(seed)
     split_of = {}
     order = rng.permutation(n_songs)
@@ -367,7 +406,7 @@ def plan_corpus(n_songs: int, seed: int, min_seconds: float = 15.0, max_seconds:
         r = np.random.default_rng([seed, i])
         tempo = ("slow", "moderate", "fast")[r.integers(3)]
         ext, fmt, subtypes, _ = _weighted(r, FORMATS)
-        specs.append(SongSpec(
+        spec = SongSpec(
             index=i, song_id=f"demo{i:04d}", seed=int(r.integers(2**31)), tempo=tempo,
             bpm=int(r.integers(*TEMPOS[tempo])), instrument=INSTRUMENTS[r.integers(len(INSTRUMENTS))],
             mode=MODES[r.integers(2)], root_midi=int(r.integers(48, 60)), energy=ENERGIES[r.integers(2)],
@@ -375,8 +414,25 @@ def plan_corpus(n_songs: int, seed: int, min_seconds: float = 15.0, max_seconds:
             seconds=round(float(r.uniform(min_seconds, max_seconds)), 2),
             sample_rate=int(_weighted(r, SAMPLE_RATES)[0]), channels=int(r.integers(1, 3)),
             ext=ext, sf_format=fmt, subtype=subtypes[r.integers(len(subtypes))], split=split_of[i],
-        ))
+        )
+        specs.append(_align(spec, np.random.default_rng([seed, i, 2]), alignment, instrumental_share))
     return specs
+
+
+def _align(spec: SongSpec, r: np.random.Generator, alignment: float, instrumental_share: float) -> SongSpec:
+    """An instrumental (music drawn uniformly), or the song with each of its theme's preferred
+    attributes taken with probability `alignment`. Draws are made whatever the outcome, so
+    one song's draw never shifts another's."""
+    instrumental = r.random() < instrumental_share
+    follow = {attribute: r.random() < alignment for attribute in ("mode", "tempo", "energy")}
+    bpm_position = r.random()  # where in its tempo's range a changed tempo's bpm lies
+    if instrumental:
+        return dataclasses.replace(spec, theme=INSTRUMENTAL)
+    changes = {a: v for a, v in THEME_CHARACTER.get(spec.theme, {}).items() if follow[a]}
+    if changes.get("tempo", spec.tempo) != spec.tempo:
+        low, high = TEMPOS[changes["tempo"]]
+        changes["bpm"] = low + int(bpm_position * (high - low))
+    return dataclasses.replace(spec, **changes)
 
 
 def _render(args: tuple[SongSpec, str]) -> str:
@@ -395,20 +451,27 @@ def make_demo_corpus(
     max_seconds: float = 30.0,
     workers: int | None = None,
     progress: bool = True,
+    alignment: float = DEFAULT_ALIGNMENT,
+    instrumental_share: float | None = None,
 ) -> dict:
-    """Write audio files, `manifest.jsonl` and `corpus.json` under `out_dir`; returns the summary."""
+    """Write audio files, `manifest.jsonl` and `corpus.json` under `out_dir`; returns the summary.
+    `instrumental_share` defaults to 15% for an aligned corpus and none for `alignment=0`
+    (the independent corpus of version 2)."""
     from tqdm.auto import tqdm
 
+    if instrumental_share is None:
+        instrumental_share = DEFAULT_INSTRUMENTAL_SHARE if alignment > 0 else 0.0
     out_dir = Path(out_dir)
     audio_dir = out_dir / "audio"
     params = {"corpus_version": CORPUS_VERSION, "seed": seed, "songs": n_songs, "captions_per_song": captions_per_song,
-              "min_seconds": min_seconds, "max_seconds": max_seconds}
+              "min_seconds": min_seconds, "max_seconds": max_seconds, "alignment": alignment,
+              "instrumental_share": instrumental_share}
     reused = _existing_corpus(out_dir, params)
     if reused is not None:
         return {**reused, "reused": True}
     audio_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    specs = plan_corpus(n_songs, seed, min_seconds, max_seconds)
+    specs = plan_corpus(n_songs, seed, min_seconds, max_seconds, alignment, instrumental_share)
     workers = workers or min(len(specs), os.cpu_count() or 1)
     jobs = [(spec, str(audio_dir)) for spec in specs]
     if workers > 1:
@@ -421,8 +484,8 @@ def make_demo_corpus(
     records = []
     for spec, name in zip(specs, names):
         rng = np.random.default_rng([seed, spec.index, 1])
-        lyrics = make_lyrics(spec.theme, rng)
-        templates = rng.permutation(len(_TEMPLATES))[:captions_per_song]
+        lyrics = make_lyrics(spec.theme, rng) if spec.theme != INSTRUMENTAL else ""
+        templates = rng.permutation(len(templates_for(spec)))[:captions_per_song]
         for template in templates:
             records.append({
                 "song_id": spec.song_id, "audio": f"audio/{name}", "lyrics": lyrics,
@@ -431,6 +494,7 @@ def make_demo_corpus(
                 "energy": spec.energy, "drums": "yes" if spec.drums else "no", "theme": spec.theme,
             })
     write_manifest(out_dir / "manifest.jsonl", records)
+    (out_dir / ATTRIBUTE_WORDS_FILE).write_text(json.dumps(attribute_words(), indent=1) + "\n", encoding="utf-8")
     summary = {
         **params, "rows": len(records),
         "seconds_of_audio": round(sum(s.seconds for s in specs), 1),
@@ -443,13 +507,26 @@ def make_demo_corpus(
             "mode": {v: sum(1 for s in specs if s.mode == v) for v in MODES},
             "energy": {v: sum(1 for s in specs if s.energy == v) for v in ENERGIES},
             "drums": {"yes": sum(s.drums for s in specs), "no": sum(not s.drums for s in specs)},
-            "theme": {v: sum(1 for s in specs if s.theme == v) for v in THEMES},
+            "theme": {v: sum(1 for s in specs if s.theme == v) for v in (*THEMES, INSTRUMENTAL)},
         },
+        "theme_character": THEME_CHARACTER if alignment > 0 else {},
+        "preferred_character_share": _preferred_share(specs),
         "generation_seconds": round(time.perf_counter() - started, 1),
         "manifest": str(out_dir / "manifest.jsonl"),
     }
     (out_dir / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def _preferred_share(specs: list[SongSpec]) -> dict[str, float | None]:
+    """Per attribute, the share of songs with a preferring theme that have the preferred value
+    (0.6 + 0.4 / k expected for k values, or 1 / k for an independent corpus)."""
+    shares = {}
+    for attribute in ("mode", "tempo", "energy"):
+        hits = [getattr(s, attribute) == THEME_CHARACTER[s.theme][attribute] for s in specs
+                if attribute in THEME_CHARACTER.get(s.theme, {})]
+        shares[attribute] = round(sum(hits) / len(hits), 4) if hits else None
+    return shares
 
 
 def _existing_corpus(out_dir: Path, params: dict) -> dict | None:
@@ -461,7 +538,7 @@ def _existing_corpus(out_dir: Path, params: dict) -> dict | None:
     if any(summary.get(k) != v for k, v in params.items()):
         return None
     manifest = out_dir / "manifest.jsonl"
-    if not manifest.exists():
+    if not manifest.exists() or not (out_dir / ATTRIBUTE_WORDS_FILE).exists():
         return None
     audio = {json.loads(line)["audio"] for line in manifest.read_text(encoding="utf-8").splitlines() if line}
     if len(audio) != params["songs"] or not all((out_dir / a).is_file() for a in audio):
@@ -469,22 +546,9 @@ def _existing_corpus(out_dir: Path, params: dict) -> dict | None:
     return summary
 
 
-def caption_attributes(caption: str) -> dict[str, str]:
-    """Attribute values a caption states, by keyword (first match per attribute)."""
-    text = caption.lower()
-    found = {}
-    for attribute, values in ATTRIBUTE_KEYWORDS.items():
-        for value, words in values.items():
-            if any(w in text for w in words):
-                found[attribute] = value
-                break
-    return found
-
-
-def caption_theme(caption: str) -> str | None:
-    """The lyric theme a caption states, by the demo's theme phrases, or None."""
-    text = caption.lower()
-    for theme in THEMES:
-        if any(p.lower() in text for p in _THEME_ABOUT[theme] + _THEME_READING[theme]):
-            return theme
-    return None
+def attribute_words() -> dict[str, dict[str, list[str]]]:
+    """The demo's words for each attribute value, written beside its manifest as attributes.json
+    (metrics/attributes.py): the keywords above and the theme phrases; an instrumental's theme
+    has no words, so a caption is right for it only when it states no theme."""
+    themes = {t: _THEME_ABOUT[t] + _THEME_READING[t] for t in THEMES}
+    return {**ATTRIBUTE_KEYWORDS, "theme": {**themes, INSTRUMENTAL: []}}

@@ -59,22 +59,23 @@ def rouge(predictions: Sequence[str], references: Sequence, bootstrap_samples: i
 
 
 def tokenizer_for_meteor():
-    """NLTK's word_tokenize where its punkt_tab model is installed; otherwise the same Treebank
-    word tokeniser after a regex sentence split (offline), named so results say which was used."""
+    """NLTK's word_tokenize where its punkt_tab model is installed; otherwise word_tokenize's own
+    word tokeniser (NLTKWordTokenizer, which unlike the plain Treebank one splits curly quotes,
+    ellipses and dashes) after a regex sentence split (offline), named so results say which."""
     import nltk
-    from nltk.tokenize import TreebankWordTokenizer
+    from nltk.tokenize import NLTKWordTokenizer
 
     try:
         nltk.data.find("tokenizers/punkt_tab/english/")
         return nltk.word_tokenize, "nltk.word_tokenize (punkt_tab)"
     except LookupError:
-        treebank = TreebankWordTokenizer()
+        words = NLTKWordTokenizer()
 
         def tokenize(text: str) -> list[str]:
             sentences = re.split(r"(?<=[.!?])\s+", text.strip())
-            return [tok for sent in sentences if sent for tok in treebank.tokenize(sent)]
+            return [tok for sent in sentences if sent for tok in words.tokenize(sent)]
 
-        return tokenize, "regex sentence split + Treebank words (NLTK punkt_tab not installed)"
+        return tokenize, "regex sentence split + NLTKWordTokenizer (NLTK punkt_tab not installed)"
 
 
 def meteor(predictions: Sequence[str], references: Sequence) -> dict:

@@ -32,6 +32,12 @@ class FusionBlock(nn.Module):
         Returns the fused text states and, if asked, the attention weights (B, L_t, L_m)
         averaged over heads.
         """
+        update, weights = self.update(text, music, music_mask, need_weights)
+        return self.layer_norm(text + update), weights
+
+    def update(self, text: torch.Tensor, music: torch.Tensor, music_mask: torch.Tensor | None = None,
+               need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The residual the block adds to the lyric states, scale * g * attention, before its LayerNorm."""
         padding = None if music_mask is None else ~music_mask.bool()
         attended, weights = self.attention(
             self.query(text), self.key(music), self.value(music), key_padding_mask=padding,
@@ -39,4 +45,4 @@ class FusionBlock(nn.Module):
         )
         if self.gate is not None:
             attended = torch.sigmoid(self.gate(torch.cat([text, attended], dim=-1))) * attended
-        return self.layer_norm(text + self.residual_scale * attended), weights
+        return self.residual_scale * attended, weights

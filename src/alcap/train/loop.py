@@ -35,6 +35,7 @@ from ..data.dataset import CaptionCollator, CaptionDataset, LengthGroupedSampler
 from ..data.manifest import read_manifest
 from ..data.store import EmbeddingStore
 from ..evaluate import caption_and_score, songs_with_references
+from ..metrics.attributes import AttributeWords
 from ..inference import Captioner, extractor_from_store_meta, save_music_encoder
 from ..model.backbone import load_backbone
 from ..model.captioner import AlcapModel
@@ -45,6 +46,7 @@ logger = logging.getLogger("alcap.train")
 # test shows they reload tied, so the warning is noise here.
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 LOSS_KEYS = ("loss", "caption_loss", "contrast_loss")
+SELECTED_FILE = "selected.json"  # in best/: the epoch, step and value it was selected at
 ENVIRONMENT_FILE = "environment.jsonl"
 
 
@@ -56,6 +58,7 @@ class TrainerState:
     batches_done: int = 0  # batches of that epoch already trained on
     global_step: int = 0  # optimiser steps
     best_value: float | None = None
+    best_epoch: int | None = None  # epochs trained when best/ was exported
     evals_without_improvement: int = 0
     history: list = field(default_factory=list)
     skipped_steps: int = 0  # batches skipped for a non-finite loss (train.nonfinite_loss=skip)
@@ -143,8 +146,6 @@ def train(config: RunConfig, progress: bool = True) -> dict:
         dynamo_plugin=compile_plugin,
     )
     set_seed(tc.seed)
-    if (out / "states" / "latest").exists():
-        _check_same_run(out, config)  # before config.yaml is rewritten
 
     # The data is checked before the run directory exists: a refused run leaves nothing behind.
     manifest = read_manifest(config.data.manifest)
@@ -152,6 +153,13 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     if use_music and not config.data.embeddings:
         raise ValueError("model.alcap.use_music is true but data.embeddings is not set")
     store = EmbeddingStore.open(config.data.embeddings) if use_music else None
+    if store is not None and config.model.alcap.music_dim != store.dim:
+        # The model's music dimension is the store's (CNNSA 256, musicnn 753), whatever the config said.
+        logger.info("model.alcap.music_dim %d -> %d, the dimension of %s", config.model.alcap.music_dim, store.dim,
+                    config.data.embeddings)
+        config.model.alcap.music_dim = store.dim
+    if (out / "states" / "latest").exists():
+        _check_same_run(out, config)  # before config.yaml is rewritten
     train_rows, val_rows = manifest.split(config.data.train_split), manifest.split(config.data.val_split)
     if not train_rows:
         raise ValueError(f"{config.data.manifest}: no rows in split {config.data.train_split!r}")
@@ -272,7 +280,8 @@ def train(config: RunConfig, progress: bool = True) -> dict:
         _export(accelerator, model, tokenizer, config, out / "best", store, encoder)
     accelerator.wait_for_everyone()
     return {"output_dir": str(out), "global_step": state.global_step, "epochs": state.epoch,
-            "best": {tc.select_metric: state.best_value}, "seconds": round(time.perf_counter() - started, 1),
+            "best": {tc.select_metric: state.best_value}, "best_epoch": state.best_epoch,
+            "seconds": round(time.perf_counter() - started, 1),
             "history": state.history, "main_process": accelerator.is_main_process}
 
 
@@ -352,7 +361,8 @@ def validation_captions(accelerator, model, tokenizer, config: RunConfig, val_ro
         captioner = Captioner(accelerator.unwrap_model(model, keep_torch_compile=False), tokenizer, None, Excerpt(),
                               config, generation, device=accelerator.device)
         items = songs_with_references(val_rows)[:config.train.eval_generate_songs]
-        _, scores, _ = caption_and_score(captioner, items, store)
+        words = AttributeWords.for_manifest(config.data.manifest, config.data.attribute_words)
+        _, scores, _ = caption_and_score(captioner, items, store, words=words)
         metrics = {f"val/{k}": scores[k] for k in VAL_CAPTION_KEYS if scores.get(k) is not None}
         metrics.update({f"val/stated_{k}": v for k, v in scores.get("attribute_accuracy", {}).items()})
         model.train()
@@ -375,15 +385,18 @@ def _select(accelerator, model, tokenizer, config: RunConfig, out: Path, state: 
         return bool(tc.early_stop_patience and state.evals_without_improvement >= tc.early_stop_patience)
     better = state.best_value is None or (value < state.best_value if tc.selects_lower() else value > state.best_value)
     if better:
-        state.best_value, state.evals_without_improvement = value, 0
-        _export(accelerator, model, tokenizer, config, out / "best", store, encoder)
+        state.best_value, state.best_epoch, state.evals_without_improvement = value, state.epoch, 0
+        _export(accelerator, model, tokenizer, config, out / "best", store, encoder,
+                selected={"epoch": state.epoch, "step": state.global_step, "metric": tc.select_metric, "value": value})
     else:
         state.evals_without_improvement += 1
     return bool(tc.early_stop_patience and state.evals_without_improvement >= tc.early_stop_patience)
 
 
-def _export(accelerator, model, tokenizer, config: RunConfig, directory: Path, store=None, encoder=None) -> None:
-    """A model directory users load with `from_pretrained`, written atomically (tmp + rename)."""
+def _export(accelerator, model, tokenizer, config: RunConfig, directory: Path, store=None, encoder=None,
+            selected: dict | None = None) -> None:
+    """A model directory users load with `from_pretrained`, written atomically (tmp + rename);
+    `selected` (best/: which evaluation it is) goes into its selected.json."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
@@ -396,6 +409,8 @@ def _export(accelerator, model, tokenizer, config: RunConfig, directory: Path, s
     shutil.rmtree(tmp, ignore_errors=True)
     unwrapped.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if selected is not None:
+        (tmp / SELECTED_FILE).write_text(json.dumps(selected) + "\n", encoding="utf-8")
     save_config(config, tmp / RUN_CONFIG_FILE)
     if encoder is not None:
         save_music_encoder(encoder, store.meta["excerpt"], tmp)
