@@ -97,3 +97,45 @@ def test_one_bad_file_costs_only_itself_and_lyrics_only_models_still_check_files
     assert results[1].error == "file not found" and results[1].caption is None
     assert [r.caption for r in results if r.ok] == [LYRICS[i].strip() for i in (0, 2, 3)]
     assert captioner.caption(None, LYRICS[0]) == LYRICS[0]  # no audio at all is fine for a lyrics-only model
+
+
+def test_a_musicnn_model_captions_new_audio_with_the_encoder_it_was_trained_on(tiny_corpus, tmp_path):
+    """Embed with musicnn-msd, train: the model's music dimension is the store's (753), best/ carries
+    the musicnn weights and records which epoch it was selected at, and alcap caption hears a new
+    file through the same encoder (the store's identity) without the store."""
+    import json
+
+    from alcap.audio.extractor import MusicnnExtractor
+    from alcap.config import load_config
+    from alcap.data.embed import embed_songs
+    from alcap.data.manifest import read_manifest
+    from alcap.data.store import EmbeddingStore
+    from alcap.train.loop import train
+
+    manifest = tiny_corpus / "corpus" / "manifest.jsonl"
+    extractor = MusicnnExtractor.from_package("musicnn-msd", device="cpu")
+    embed_songs(read_manifest(manifest).songs(), extractor, tmp_path / "store", excerpt=Excerpt(seconds=2.0),
+                workers=0, progress=False)
+    store = EmbeddingStore.open(tmp_path / "store")
+    assert store.dim == 753 and store.meta["extractor"]["name"] == "musicnn-msd"
+    config = load_config(None, [f"data.manifest={manifest}", f"data.embeddings={tmp_path / 'store'}",
+                                "model.backbone=tiny", "model.tokenizer_vocab_size=400", "model.alcap.fusion_layers=[1, 2]",
+                                "train.epochs=1", "train.batch_size=8", "train.eval_generate=false",
+                                "generation.max_new_tokens=8", "generation.num_beams=1", f"output_dir={tmp_path / 'run'}"])
+    summary = train(config, progress=False)
+    assert summary["best_epoch"] == 1
+    assert json.loads((tmp_path / "run" / "best" / "selected.json").read_text())["metric"] == "val/caption_loss"
+    captioner = Captioner.from_pretrained(tmp_path / "run" / "best", device="cpu")
+    assert captioner.model.config.music_dim == 753
+    assert isinstance(captioner.extractor, MusicnnExtractor) and captioner.extractor.identity() == extractor.identity()
+    song = next(iter(read_manifest(manifest).songs().values()))
+    first = store.get(read_manifest(manifest).rows[0].song_id)
+    result = captioner.caption_batch([song], ["a line about love"])[0]
+    assert result.ok and isinstance(result.caption, str)  # (a 1-epoch model may say nothing)
+    # The carried encoder gives the store's embedding for the same excerpt.
+    clip = np.asarray(first)
+    from alcap.audio.decode import load_audio
+
+    wave = load_audio(song, 16000, captioner.excerpt).samples
+    again = captioner.extractor.embed(torch.from_numpy(wave)[None])[0].numpy()
+    assert np.abs(again.astype(np.float16).astype(np.float32) - clip).max() <= 1e-2 * np.abs(clip).max()

@@ -19,6 +19,7 @@ _EXPORTS = {
     "load_cnnsa": "alcap.audio.cnnsa",
     "CNNSAExtractor": "alcap.audio.extractor",
     "MusicExtractor": "alcap.audio.extractor",
+    "MusicnnExtractor": "alcap.audio.extractor",
     "MSD_TOP50_TAGS": "alcap.audio.tags",
     "read_manifest": "alcap.data.manifest",
     "validate_manifest": "alcap.data.validate",

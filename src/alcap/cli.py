@@ -519,13 +519,20 @@ def cmd_evaluate(args) -> int:
                              out_dir=args.out, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
                              limit=args.limit, progress=not args.quiet, retrieval=not args.no_retrieval,
                              retrieval_model=args.retrieval_model, query_seed=args.query_seed,
-                             mixed_precision=args.mixed_precision, batch_size=args.batch_size)
+                             mixed_precision=args.mixed_precision, batch_size=args.batch_size,
+                             attribute_words=args.attributes)
     keys = ("rouge1_recall", "rouge2_recall", "rougeL_recall", "rouge1_f1", "rouge2_f1", "rougeL_f1", "meteor")
     print(" ".join(f"{k} {metrics[k]:.4f}" if metrics.get(k) is not None else f"{k} n/a" for k in keys))
     if metrics.get("meteor") is None:
         print(f"METEOR unavailable: {metrics.get('meteor_unavailable')}", file=sys.stderr)
     if "attribute_accuracy" in metrics:
-        print("attributes stated correctly: " + ", ".join(f"{k} {v:.0%}" for k, v in metrics["attribute_accuracy"].items()))
+        print("attributes stated correctly: " + ", ".join(f"{k} {v:.0%}" for k, v in metrics["attribute_accuracy"].items())
+              + f" (words: {metrics['attribute_words']})")
+        for k, v in metrics.get("attribute_invented", {}).items():
+            print(f"  {k} stated where there is none (instrumentals): {v:.0%}")
+    else:
+        print("attributes: not scored (no attributes.json beside the manifest; --attributes FILE names the words "
+              "that state each value)")
     if "retrieval" in metrics:
         r = metrics["retrieval"]
         print("text-to-music retrieval: " + " ".join(f"{k} {r[k]:.4f}" for k in r if "@" in k))
@@ -836,6 +843,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", help="manifest (default: the one the model was trained on)")
     p.add_argument("--embeddings", help="embedding store (default: the one the model was trained on)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: CHECKPOINT/eval-SPLIT)")
+    p.add_argument("--attributes", metavar="FILE",
+                   help="words that state each attribute value in a caption, for attribute accuracy (default: "
+                        "the run's data.attribute_words, else attributes.json beside the manifest, else not scored)")
     p.add_argument("--num-beams", type=int, metavar="N", help="beam size (default: the run's generation config, 4)")
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="longest caption in tokens (default: the run's)")
     _decoding_speed_args(p)

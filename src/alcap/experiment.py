@@ -193,6 +193,12 @@ def aggregate(runs: dict[str, list[dict]]) -> dict:
             values = [r["metrics"].get("retrieval", {}).get(key) for r in method_runs]
             row[key] = None if any(v is None for v in values) else \
                 {"mean": float(np.mean(values)), "std": _std(values), "values": values}
+        for source, prefix in (("attribute_accuracy", "stated_"), ("attribute_invented", "invented_")):
+            names = {a for r in method_runs for a in r["metrics"].get(source, {})}
+            for name in sorted(names):
+                values = [r["metrics"].get(source, {}).get(name) for r in method_runs]
+                if all(v is not None for v in values):
+                    row[prefix + name] = {"mean": float(np.mean(values)), "std": _std(values), "values": values}
         table[method] = row
     return table
 
@@ -223,8 +229,17 @@ def write_tables(experiment: Experiment, seeds: list[int]) -> dict:
     t2 = [[m] + [_cell(row[k]) for k, _ in RETRIEVAL_COLUMNS] for m, row in table.items()]
     scope = (f"{experiment.name}, {experiment.evaluate.split} split, seeds {', '.join(map(str, seeds))}: "
              "mean ± std over seeds (x100)")
-    for stem, head, rows, note in (("table1_captioning", t1_head, t1, scope + "; [95% bootstrap interval over songs]"),
-                                   ("table2_retrieval", t2_head, t2, scope)):
+    tables = [("table1_captioning", t1_head, t1, scope + "; [95% bootstrap interval over songs]"),
+              ("table2_retrieval", t2_head, t2, scope)]
+    attributes = sorted({k for row in table.values() for k in row if k.startswith(("stated_", "invented_"))},
+                        key=lambda k: (k.startswith("invented_"), k))
+    if attributes:  # the corpus has attribute words (metrics/attributes.py)
+        heads = [k.replace("stated_", "").replace("invented_", "") + (" invented (instrumentals)" if
+                 k.startswith("invented_") else "") for k in attributes]
+        rows = [[m] + [_cell(row.get(k), scale=100.0) for k in attributes] for m, row in table.items()]
+        tables.append(("table3_attributes", ["Method"] + heads, rows,
+                       scope.replace("(x100)", "(% of songs)") + "; share of captions stating the song's true value"))
+    for stem, head, rows, note in tables:
         (out / f"{stem}.md").write_text(_markdown(head, rows, note), encoding="utf-8")
         (out / f"{stem}.tex").write_text(_latex(head, rows, note), encoding="utf-8")
         with open(out / f"{stem}.csv", "w", newline="", encoding="utf-8") as f:

@@ -94,7 +94,10 @@ def write_report(runs_dir: str | Path, split: str = "test", samples: int = 4, ca
     if (tables / "table1_captioning.md").exists():
         lines += ["## Table 1: captioning", "", (tables / "table1_captioning.md").read_text(encoding="utf-8"),
                   "## Table 2: text-to-music retrieval", "", (tables / "table2_retrieval.md").read_text(encoding="utf-8"),
-                  "(CSV and LaTeX versions in `tables/`.)", "", "## Every run", ""]
+                  "(CSV and LaTeX versions in `tables/`.)", ""]
+        if (tables / "table3_attributes.md").exists():
+            lines += ["## Table 3: attributes stated right", "", (tables / "table3_attributes.md").read_text(encoding="utf-8")]
+        lines += ["## Every run", ""]
     lines += [ f"Split `{split}`: {first['songs']} songs, one caption per song, scored against all of "
              f"its references. Decoding: `{json.dumps(first['generation'])}`. ROUGE columns are recall (as the paper "
              "reports), F1 beside.", "", "| model | " + " | ".join(h for _, h in METRIC_COLUMNS) + " |",
@@ -115,8 +118,17 @@ def write_report(runs_dir: str | Path, split: str = "test", samples: int = 4, ca
         attrs = list(first["attribute_accuracy"])
         lines += ["", "How often the caption states the song's true attribute (share of songs):", "",
                   "| model | " + " | ".join(attrs) + " |", "|---" * (len(attrs) + 1) + "|"]
+        invented = sorted({a for m in metrics.values() for a in m.get("attribute_invented", {})})
+        heads = attrs + [f"{a} invented for instrumentals" for a in invented]
+        lines += ["", "How often the caption states the song's true attribute (share of songs; words from "
+                  f"`{first.get('attribute_words', '?')}`):", "",
+                  "| model | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
         for name, m in metrics.items():
-            lines.append(f"| {name} | " + " | ".join(f"{m['attribute_accuracy'][a]:.0%}" for a in attrs) + " |")
+            cells = [f"{m['attribute_accuracy'].get(a, float('nan')):.0%}" for a in attrs]
+            cells += [f"{m.get('attribute_invented', {}).get(a, float('nan')):.0%}" for a in invented]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    else:
+        lines += ["", "Attributes not scored: no attributes.json beside the manifest (see README, 'Attribute words')."]
     lines += ["", "![loss curves](loss_curves.png)", ""]
     lines += _figures(runs_dir)
     lines += ["## Sample captions", ""]
@@ -144,6 +156,16 @@ def _figures(runs_dir: Path) -> list[str]:
     if (sweep / "sweep.csv").exists():
         lines += ["## Alpha ablation (`alcap sweep`)", "", "![captioning vs alpha](sweep/sweep_captioning.png)", "",
                   "![retrieval vs alpha](sweep/sweep_retrieval.png)", "", "Numbers: `sweep/sweep.csv`.", ""]
+    swaps = sorted((runs_dir / "swap").glob("**/swap.json"))
+    if swaps:
+        from .diagnose import format_swap_report
+
+        lines += ["## Music or lyrics? (`alcap diagnose swap`)", "", "Each song captioned with its own lyrics and "
+                  "another song's music: over pairs that differ in an attribute, how often the caption follows each.",
+                  "", "```"]
+        for path in swaps:
+            lines += format_swap_report(json.loads(path.read_text())) + [""]
+        lines += ["```", ""]
     if (runs_dir / "attention.png").exists():
         lines += ["## Fusion attention (`alcap attention`)", "", "![fusion attention](attention.png)", ""]
     alignment = runs_dir / "alignment"

@@ -120,3 +120,17 @@ def test_binary_and_misencoded_fields_are_told_apart(corpus):
         (2, "field 'lyrics' contains a NUL character (binary data, or UTF-16 text: save the file as UTF-8)"),
         (3, "field 'lyrics' is not valid UTF-8 text (save the file as UTF-8)")]
     assert m.conflicting_audio() == {}
+
+
+def test_exact_duplicates_are_used_once_as_validate_reports(tmp_path):
+    rows = [{"song_id": "1", "audio": "a.wav", "lyrics": "la", "caption": "a happy song", "split": "train"},
+            {"song_id": "1", "audio": "a.wav", "lyrics": "la", "caption": "a happy song", "split": "train"},
+            {"song_id": "1", "audio": "a.wav", "lyrics": "la", "caption": "another caption", "split": "train"},
+            {"song_id": "1", "audio": "a.wav", "lyrics": "la", "caption": "a happy song", "split": "val"}]
+    write_manifest(tmp_path / "m.jsonl", rows)
+    manifest = read_manifest(tmp_path / "m.jsonl")
+    assert [r.line for r in manifest.split("train")] == [1, 3] and manifest.duplicate_rows("train") == 1
+    assert len(manifest.split("val")) == 1 and manifest.duplicate_rows("val") == 0
+    report = validate_manifest(manifest, check_audio=False)
+    assert [(i.line, i.code) for i in report.issues if i.code == "duplicate_row"] == [(2, "duplicate_row")]
+    assert "training and evaluation use it once" in next(i.message for i in report.issues if i.code == "duplicate_row")

@@ -255,8 +255,14 @@ def test_alignment_reads_the_lyrics_states_before_any_fusion(monkeypatch, align_
     assert not torch.allclose(seen["states"], hf.hidden_states[k + 1], atol=1e-3)
 
 
+def layer_norm_by_hand(x, ln):
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+    return (x - mean) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+
+
 def fusion_by_hand(block, text, music, music_mask):
-    """LayerNorm(h + 0.1 * g * attn) with attn = MHA(W_q h, W_k m, W_v m), written out."""
+    """post: LayerNorm(h + 0.1 * g * attn); update: h + 0.1 * g * LayerNorm(attn); attn =
+    MHA(W_q h, W_k m, W_v m), written out."""
     d, heads = text.shape[-1], block.attention.num_heads
     q, k, v = block.query(text), block.key(music), block.value(music)
     w_q, w_k, w_v = block.attention.in_proj_weight.chunk(3)
@@ -270,16 +276,18 @@ def fusion_by_hand(block, text, music, music_mask):
     scores = scores.masked_fill(~music_mask.bool()[:, None, None, :], float("-inf"))
     attn = (scores.softmax(-1) @ split(v)).transpose(1, 2).reshape(text.shape)
     attn = attn @ block.attention.out_proj.weight.T + block.attention.out_proj.bias
+    if block.norm == "update":
+        attn = layer_norm_by_hand(attn, block.layer_norm)
     if block.gate is not None:
         attn = torch.sigmoid(torch.cat([text, attn], -1) @ block.gate.weight.T + block.gate.bias) * attn
     h = text + block.residual_scale * attn
-    mean, var = h.mean(-1, keepdim=True), h.var(-1, unbiased=False, keepdim=True)
-    return (h - mean) / torch.sqrt(var + block.layer_norm.eps) * block.layer_norm.weight + block.layer_norm.bias
+    return layer_norm_by_hand(h, block.layer_norm) if block.norm == "post" else h
 
 
+@pytest.mark.parametrize("norm", ["post", "update"])
 @pytest.mark.parametrize("shared, gate, heads", [(True, False, 1), (False, True, 2), (True, True, 1), (False, False, 2)])
-def test_the_fusion_block_is_the_formula_at_each_fusion_layer(shared, gate, heads):
-    model = tiny_model(fusion_shared=shared, fusion_forget_gate=gate, fusion_heads=heads)
+def test_the_fusion_block_is_the_formula_at_each_fusion_layer(shared, gate, heads, norm):
+    model = tiny_model(fusion_shared=shared, fusion_forget_gate=gate, fusion_heads=heads, fusion_norm=norm)
     with torch.no_grad():
         for block in model.fusion:  # non-trivial LayerNorm and gate parameters
             block.layer_norm.weight.uniform_(0.5, 1.5)
@@ -297,3 +305,21 @@ def test_the_fusion_block_is_the_formula_at_each_fusion_layer(shared, gate, head
     for hook in hooks:
         hook.remove()
     assert [j for j, _, _ in calls] == ([0, 0] if shared else [0, 1])  # one block reused, or one per layer
+
+
+def test_model_directories_from_before_the_fusion_norm_option_load_as_the_original(tmp_path):
+    """Same parameters either way; an alcap_config.json without fusion_norm is the original ("post")."""
+    import json
+
+    model = tiny_model(fusion_norm="post")
+    assert set(model.state_dict()) == set(tiny_model(fusion_norm="update").state_dict())
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "alcap_config.json").read_text())
+    del config["fusion_norm"]
+    (tmp_path / "alcap_config.json").write_text(json.dumps(config))
+    loaded = AlcapModel.from_pretrained(tmp_path)
+    assert loaded.config.fusion_norm == "post" and loaded.fusion[0].norm == "post"
+    ids, mask, labels, music = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, mask, labels, music=music).logits, model(ids, mask, labels, music=music).logits)
+    assert AlcapConfig().fusion_norm == "update"  # new runs

@@ -78,7 +78,18 @@ class Manifest:
         return {sid: list(files.values()) for sid, files in firsts.items() if len(files) > 1}
 
     def split(self, name: str) -> list[ManifestRow]:
-        return [r for r in self.rows if r.split == name]
+        """The rows of a split, exact duplicates (same song, lyrics and caption) once:
+        `alcap data validate` counts them once, and so do training and evaluation."""
+        seen, rows = set(), []
+        for r in self.rows:
+            key = (r.song_id, r.caption, r.lyrics)
+            if r.split == name and key not in seen:
+                seen.add(key)
+                rows.append(r)
+        return rows
+
+    def duplicate_rows(self, name: str) -> int:
+        return sum(r.split == name for r in self.rows) - len(self.split(name))
 
 
 def manifest_format(path: Path) -> str:

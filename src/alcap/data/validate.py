@@ -96,7 +96,7 @@ def validate_manifest(
             flag(row, "warning", "conflicting_lyrics", "lyrics differ from this song's earlier rows")
         key = (row.song_id, row.caption, row.lyrics, row.split)
         if key in seen:
-            flag(row, "warning", "duplicate_row", f"duplicate of line {seen[key]}; counted once")
+            flag(row, "warning", "duplicate_row", f"duplicate of line {seen[key]}; counted once (training and evaluation use it once)")
         else:
             seen[key] = row.line
 

@@ -9,6 +9,7 @@ the first fusion layer and the fusion block can act after chosen layers. The dec
 from __future__ import annotations
 
 import json
+from typing import Literal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,10 @@ class AlcapConfig:
     fusion_residual_scale: float = 0.1
     fusion_forget_gate: bool = False
     fusion_dropout: float = 0.0
+    # Where the fusion block's LayerNorm sits (model/fusion.py): "post", the original's
+    # LayerNorm(h + 0.1 attn), or "update", h + 0.1 LayerNorm(attn). Model directories
+    # exported before this option existed load as "post".
+    fusion_norm: Literal["post", "update"] = "update"
     align_layer: int | None = None  # lyrics states entering this layer; None: the first fusion layer
     alpha: float = 0.02  # weight of the contrastive loss; 0 = BART-fusion
     temperature: float = 0.3
@@ -116,7 +121,7 @@ class AlcapModel(nn.Module):
             n_blocks = 1 if config.fusion_shared else len(config.fusion_layers)
             self.fusion = nn.ModuleList([
                 FusionBlock(d_model, config.music_dim, config.fusion_heads, config.fusion_residual_scale,
-                            config.fusion_forget_gate, config.fusion_dropout)
+                            config.fusion_forget_gate, config.fusion_dropout, config.fusion_norm)
                 for _ in range(n_blocks)
             ])
             self.alignment = AlignmentHead(d_model, config.music_dim)
@@ -253,7 +258,8 @@ class AlcapModel(nn.Module):
 
         directory = model_directory(directory)
         try:
-            config = AlcapConfig(**json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")))
+            saved = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+            config = AlcapConfig(**{"fusion_norm": "post", **saved})  # exported before the option: the original
         except (ValueError, TypeError) as exc:
             raise ModelDirError(f"{directory / CONFIG_FILE}: unreadable ({exc}); re-export the model") from None
         try:

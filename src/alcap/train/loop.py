@@ -161,6 +161,10 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     if (out / "states" / "latest").exists():
         _check_same_run(out, config)  # before config.yaml is rewritten
     train_rows, val_rows = manifest.split(config.data.train_split), manifest.split(config.data.val_split)
+    for split in (config.data.train_split, config.data.val_split):
+        if manifest.duplicate_rows(split):
+            logger.warning("%s: %d exact duplicate rows in split %r are used once", config.data.manifest,
+                           manifest.duplicate_rows(split), split)
     if not train_rows:
         raise ValueError(f"{config.data.manifest}: no rows in split {config.data.train_split!r}")
     train_set, val_set = CaptionDataset(train_rows, store), CaptionDataset(val_rows, store)
