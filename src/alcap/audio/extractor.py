@@ -46,15 +46,16 @@ class MusicExtractor(ABC):
     def embed(self, waves: torch.Tensor) -> torch.Tensor:
         """(B, N) float32 waveforms at `sample_rate` -> (B, L_m, dim) float32 on the CPU."""
 
-    @abstractmethod
     def tag(self, waves: torch.Tensor) -> torch.Tensor:
-        """(B, N) -> (B, n_tags) tag probabilities of the encoder's own tagging head."""
+        """(B, N) -> (B, n_tags) tag probabilities of the encoder's own tagging head, if it has one."""
+        raise NotImplementedError(f"the {self.name} encoder has no tagging head")
 
     @classmethod
-    @abstractmethod
     def from_state(cls, identity: dict, state: dict[str, torch.Tensor], source: str,
                    device: str | torch.device = "cpu") -> "MusicExtractor":
-        """Rebuild from weights saved with a model (`model` state dict) and the recorded identity."""
+        """Rebuild from weights saved with a model (`model` state dict) and the recorded identity;
+        encoders that model directories carry (`extractor_class`) implement it."""
+        raise NotImplementedError(f"{cls.__name__} cannot be rebuilt from saved weights")
 
 
 class CNNSAExtractor(MusicExtractor):
