@@ -577,6 +577,33 @@ killed_embed(signal.SIGKILL)
 killed_embed(signal.SIGTERM)
 
 
+# ----------------------------------------------------------------------------- music encoders
+
+
+@case
+def embed_musicnn_given_a_cnnsa_checkpoint(env, tmp_path, monkeypatch):
+    return Fault(["embed", env["manifest"], "--out", tmp_path / "s", "--encoder", "musicnn-msd",
+                  "--checkpoint", env["checkpoint"]], 2, r"--encoder musicnn-msd uses the pretrained weights.*cnnsa",
+                 check=lambda out, err: not (tmp_path / "s").exists())
+
+
+@case
+def embed_cnnsa_without_weights(env, tmp_path, monkeypatch):
+    return Fault(["embed", env["manifest"], "--out", tmp_path / "s"], 2,
+                 r"--encoder cnnsa needs its weights: --checkpoint PATH.*musicnn-msd")
+
+
+@case
+def embed_musicnn_without_the_musicnn_package(env, tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "musicnn" else find_spec(name, *a))
+    monkeypatch.setenv("ALCAP_CACHE", str(tmp_path / "cache"))
+    return Fault(["tag", env["good"][0], "--encoder", "musicnn-msd"], 2,
+                 r"musicnn package is not installed: install it with `pip install --no-deps musicnn==0.1.0`")
+
+
 # ----------------------------------------------------------------------------- the table
 
 

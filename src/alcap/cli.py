@@ -46,14 +46,14 @@ def _extractor(args):
 
     if args.encoder != "cnnsa":
         if args.checkpoint or args.random_init is not None:
-            raise SystemExit(f"error: --encoder {args.encoder} uses the pretrained weights of the musicnn package; "
+            raise ValueError(f"--encoder {args.encoder} uses the pretrained weights of the musicnn package; "
                              "--checkpoint and --random-init are for --encoder cnnsa")
         return MusicnnExtractor.from_package(args.encoder, device=args.device)
     if args.checkpoint:
         return CNNSAExtractor.from_checkpoint(args.checkpoint, device=args.device)
     if args.random_init is not None:
         return CNNSAExtractor.random_init(args.random_init, device=args.device)
-    raise SystemExit("error: --encoder cnnsa needs its weights: --checkpoint PATH (the MSD checkpoint, or a tagger made "
+    raise ValueError("--encoder cnnsa needs its weights: --checkpoint PATH (the MSD checkpoint, or a tagger made "
                      "by `alcap train-tagger`) or --random-init SEED; or use --encoder musicnn-msd, pretrained offline")
 
 
