@@ -86,8 +86,9 @@ def load_music_encoder(directory: Path, device="cpu") -> tuple[MusicExtractor, E
     identity = meta.get("identity", {})
     try:
         extractor = extractor_class(identity.get("name", "cnnsa")).from_state(identity, state, meta["source"], device)
-    except (ValueError, KeyError) as exc:
-        raise ModelDirError(f"{encoder_dir}: the music encoder files do not describe a known encoder ({exc})") from None
+    except (ValueError, KeyError, CheckpointError) as exc:
+        raise ModelDirError(f"{encoder_dir}: the music encoder files do not describe a known encoder "
+                            f"({str(exc).splitlines()[0]})") from None
     if extractor.weights_sha256 != identity.get("weights_sha256"):
         raise ModelDirError(f"{encoder_dir}: weights do not match the recorded sha256 (damaged copy?)")
     return extractor, Excerpt(**meta["excerpt"])
