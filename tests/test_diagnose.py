@@ -52,12 +52,17 @@ def test_update_norms_match_the_fusion_maths(tiny_models, tiny_corpus):
     norms = fusion_update_norms(captioner, lyrics, music)
     assert [n["layer"] for n in norms] == captioner.model.config.fusion_layers
     assert all(n["update_over_states"] > 0 for n in norms)
-    # With no update the block's whole change is its LayerNorm's.
+    # "update" adds the update and nothing else: the block's change is the update's.
+    assert captioner.model.fusion[0].norm == "update"
+    for n in norms:
+        assert n["layernorm_alone"] == 0 and n["block_change"] == pytest.approx(n["update_over_states"], rel=1e-4)
+    # With no update the original block's whole change is its LayerNorm's.
     for block in captioner.model.fusion:
-        block.residual_scale = 0.0
+        block.residual_scale, block.norm = 0.0, "post"
     silent = fusion_update_norms(captioner, lyrics, music)
     for n in silent:
-        assert n["update_over_states"] == 0 and n["block_change"] == pytest.approx(n["layernorm_alone"], abs=1e-4)
+        assert n["update_over_states"] == 0 and n["layernorm_alone"] > 0
+        assert n["block_change"] == pytest.approx(n["layernorm_alone"], abs=1e-4)
 
 
 def test_swap_diagnostic_on_a_trained_model(tiny_models, tmp_path):

@@ -67,7 +67,8 @@ def swap_table(items: list[dict], own: list[str], swapped: list[str], partner: l
 @torch.no_grad()
 def fusion_update_norms(captioner: Captioner, lyrics: list[str], music: list[np.ndarray], batch_size: int = 16) -> list[dict]:
     """Per fusion layer, means over real lyric tokens of ||update|| / ||h||, ||LN(h) - h|| / ||h||
-    and ||LN(h + update) - h|| / ||h||, h being the lyric states entering the block."""
+    (the original block's LayerNorm alone; 0 for fusion_norm "update", which leaves h to BART)
+    and ||block(h) - h|| / ||h||, h being the lyric states entering the block."""
     model, calls = captioner.model, []
 
     def hook(block, args, output):
@@ -89,8 +90,9 @@ def fusion_update_norms(captioner: Captioner, lyrics: list[str], music: list[np.
             real = enc["attention_mask"].bool()
             for k, (block, text, update, fused) in enumerate(calls):
                 h, norm = text[real], text[real].norm(dim=-1)
-                sums[k] += [float((update[real].norm(dim=-1) / norm).sum()),
-                            float(((block.layer_norm(text)[real] - h).norm(dim=-1) / norm).sum()),
+                # Only the original ("post") block puts the lyric states through its LayerNorm.
+                alone = (block.layer_norm(text)[real] - h).norm(dim=-1) / norm if block.norm == "post" else norm * 0
+                sums[k] += [float((update[real].norm(dim=-1) / norm).sum()), float(alone.sum()),
                             float(((fused[real] - h).norm(dim=-1) / norm).sum())]
             tokens += int(real.sum())
     finally:
