@@ -57,7 +57,7 @@ demo: $(STAMP)
 	$(BIN)/alcap alignment $(RUNS_DIR)/bart-fusion/seed-$(DEMO_SEED)/best $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best \
 		--out $(RUNS_DIR)/alignment
 	$(BIN)/alcap diagnose swap $(foreach m,bart bart-fusion alcap,$(RUNS_DIR)/$(m)/seed-$(DEMO_SEED)/best) \
-		--out $(RUNS_DIR)/swap --quiet
+		--num-beams 1 --out $(RUNS_DIR)/swap --quiet
 	$(BIN)/alcap report $(RUNS_DIR) --captions $(RUNS_DIR)/captions.jsonl --title "alcap demo: BART vs BART-fusion vs ALCAP"
 	@echo
 	@echo "demo corpus:     $(DEMO_DIR)/corpus (manifest.jsonl, audio/, corpus.json, attributes.json)"
