@@ -12,7 +12,7 @@ CHECKPOINT ?=
 TAGGER_DIR := $(DEMO_DIR)/tagger
 EMBED_DIR := $(DEMO_DIR)/embeddings-$(DEMO_ENCODER)
 ENCODER_ARGS := $(if $(filter tagger,$(DEMO_ENCODER)),--checkpoint $(TAGGER_DIR),$(if $(filter cnnsa,$(DEMO_ENCODER)),--checkpoint $(CHECKPOINT),--encoder $(DEMO_ENCODER)))
-DEMO_ALIGNMENT ?= 0.6
+DEMO_ALIGNMENT ?= 0.6  # 0: the independent corpus; give it its own DEMO_DIR and RUNS_DIR
 PYTEST_ARGS ?=
 
 .PHONY: demo test venv clean
@@ -49,7 +49,7 @@ demo: $(STAMP)
 	$(BIN)/alcap store info $(EMBED_DIR)
 	$(BIN)/alcap probe $(EMBED_DIR) --manifest $(DEMO_DIR)/corpus/manifest.jsonl --columns tempo instrument mode energy drums
 	$(BIN)/alcap experiment configs/demo.yaml --seeds $(DEMO_SEEDS) --output-dir $(RUNS_DIR) --quiet \
-		--set data.embeddings=$(EMBED_DIR)
+		--set data.manifest=$(DEMO_DIR)/corpus/manifest.jsonl --set data.embeddings=$(EMBED_DIR)
 	$(BIN)/alcap caption $$($(BIN)/python -c "$$HELD_OUT" $(DEMO_DIR)/corpus/manifest.jsonl 4) \
 		--model $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best --jsonl $(RUNS_DIR)/captions.jsonl
 	$(BIN)/alcap attention $(RUNS_DIR)/bart-fusion/seed-$(DEMO_SEED)/best $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best \
