@@ -34,9 +34,10 @@ class AlcapConfig:
     use_music: bool = True  # False: the lyrics-only BART baseline
     music_dim: int = 256
     # Standardise h_m per feature with statistics of the training songs (kept as buffers).
-    # Off in the original. It helps InfoNCE when the encoder's outputs share a large offset
-    # (random-init CNNSA: mean cosine 0.94 between songs), but unit-variance music also makes
-    # the fusion residual swamp the lyric states (demo: theme stated right 98% -> 42%).
+    # Off in the original. It removes an offset all songs share (musicnn: mean vector norm 17.8
+    # of 24.5), so the differences between songs are the signal. With fusion_norm "post" unit-
+    # variance music once swamped the lyric states (trained tagger: theme right 98% -> 42%);
+    # "update" bounds the music's share whatever its scale. The demo turns it on.
     music_standardize: bool = False
     fusion_layers: list[int] = field(default_factory=lambda: [4, 5])  # fuse after these encoder layers (0-based)
     fusion_shared: bool = True  # one fusion block reused at every fusion layer
