@@ -26,7 +26,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def models():
-    return {v: musicnn.load_musicnn(v) for v in ("MSD_musicnn", "MTT_musicnn")}
+    return {v: musicnn.load_musicnn(v)[0] for v in ("MSD_musicnn", "MTT_musicnn")}
 
 
 def clip(name: str) -> torch.Tensor:

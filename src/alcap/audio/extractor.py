@@ -149,8 +149,7 @@ class MusicnnExtractor(MusicExtractor):
         if name not in musicnn.VARIANTS:
             raise ValueError(f"unknown musicnn encoder {name!r}: one of {', '.join(musicnn.VARIANTS)}")
         variant = musicnn.VARIANTS[name]
-        model = musicnn.load_musicnn(variant)
-        _, checkpoint_sha256 = musicnn.converted_weights(variant)
+        model, checkpoint_sha256 = musicnn.load_musicnn(variant)  # the 9 MB checkpoint is hashed once
         source = f"musicnn 0.1.0 wheel: {variant} (checkpoint data sha256 {checkpoint_sha256[:16]})"
         return cls(name, model, state_dict_sha256(model.state_dict()), source, device)
 

@@ -306,13 +306,14 @@ def converted_weights(variant: str) -> tuple[Path, str]:
     return target, digest
 
 
-def load_musicnn(variant: str) -> Musicnn:
+def load_musicnn(variant: str) -> tuple[Musicnn, str]:
+    """The model in eval mode and the sha256 of the checkpoint data it was converted from."""
     from safetensors.torch import load_file
 
     if variant not in LABEL_LISTS:
         raise MusicnnError(f"unknown musicnn model {variant!r}: one of {', '.join(LABEL_LISTS)}")
-    path, _ = converted_weights(variant)
+    path, checkpoint_sha256 = converted_weights(variant)
     model = Musicnn(n_tags=len(labels(variant)))
     state = load_file(str(path))
     model.load_state_dict({**model.state_dict(), **state}, strict=True)  # num_batches_tracked stays 0
-    return model.eval()
+    return model.eval(), checkpoint_sha256
