@@ -40,16 +40,17 @@ export HELD_OUT := import json, sys, os; m = sys.argv[1]; rows = [json.loads(l) 
 DEMO_SEEDS ?= 2020
 DEMO_SEED := $(firstword $(DEMO_SEEDS))
 
+EXPERIMENT_ARGS = configs/demo.yaml --seeds $(DEMO_SEEDS) --output-dir $(RUNS_DIR) --quiet \
+	--set data.manifest=$(DEMO_DIR)/corpus/manifest.jsonl --set data.embeddings=$(EMBED_DIR)
+
+# The text stage needs no audio, so it trains while the songs are embedded (make -j2); then the
+# three methods train side by side (--jobs 3, one torch thread each: tiny models use a second
+# thread poorly, README "The demo").
 demo: $(STAMP)
 	$(BIN)/alcap data make-demo $(DEMO_DIR)/corpus --alignment $(DEMO_ALIGNMENT)
 	$(BIN)/alcap data validate $(DEMO_DIR)/corpus/manifest.jsonl --max-issues 10 --quiet
-	$(if $(filter tagger,$(DEMO_ENCODER)),test -f $(TAGGER_DIR)/best_model.pth || $(BIN)/alcap train-tagger \
-		$(DEMO_DIR)/corpus/manifest.jsonl --tags instrument tempo mode energy drums --epochs 20 --out $(TAGGER_DIR) --quiet)
-	$(BIN)/alcap embed $(DEMO_DIR)/corpus/manifest.jsonl --out $(EMBED_DIR) $(ENCODER_ARGS) --quiet
-	$(BIN)/alcap store info $(EMBED_DIR)
-	$(BIN)/alcap probe $(EMBED_DIR) --manifest $(DEMO_DIR)/corpus/manifest.jsonl --columns tempo instrument mode energy drums
-	$(BIN)/alcap experiment configs/demo.yaml --seeds $(DEMO_SEEDS) --output-dir $(RUNS_DIR) --quiet \
-		--set data.manifest=$(DEMO_DIR)/corpus/manifest.jsonl --set data.embeddings=$(EMBED_DIR)
+	@$(MAKE) --no-print-directory -j2 --output-sync=target demo-embed demo-text-pretrain
+	$(BIN)/alcap experiment $(EXPERIMENT_ARGS) --jobs 3
 	$(BIN)/alcap caption $$($(BIN)/python -c "$$HELD_OUT" $(DEMO_DIR)/corpus/manifest.jsonl 4) \
 		--model $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best --jsonl $(RUNS_DIR)/captions.jsonl
 	$(BIN)/alcap attention $(RUNS_DIR)/bart-fusion/seed-$(DEMO_SEED)/best $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best \
@@ -63,6 +64,17 @@ demo: $(STAMP)
 	@echo "demo corpus:     $(DEMO_DIR)/corpus (manifest.jsonl, audio/, corpus.json, attributes.json)"
 	@echo "embedding store: $(EMBED_DIR)"
 	@echo "report:          $(RUNS_DIR)/report.md (tables/, metrics.json, loss_curves.png, attention.png, alignment/, swap/)"
+
+.PHONY: demo-embed demo-text-pretrain
+demo-embed:
+	$(if $(filter tagger,$(DEMO_ENCODER)),test -f $(TAGGER_DIR)/best_model.pth || $(BIN)/alcap train-tagger \
+		$(DEMO_DIR)/corpus/manifest.jsonl --tags instrument tempo mode energy drums --epochs 20 --out $(TAGGER_DIR) --quiet)
+	$(BIN)/alcap embed $(DEMO_DIR)/corpus/manifest.jsonl --out $(EMBED_DIR) $(ENCODER_ARGS) --quiet
+	$(BIN)/alcap store info $(EMBED_DIR)
+	$(BIN)/alcap probe $(EMBED_DIR) --manifest $(DEMO_DIR)/corpus/manifest.jsonl --columns tempo instrument mode energy drums
+
+demo-text-pretrain:
+	$(BIN)/alcap experiment $(EXPERIMENT_ARGS) --methods text-pretrain --jobs $(words $(DEMO_SEEDS))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -193,3 +193,66 @@ def test_methods_can_start_from_a_stage_and_the_sweep_shares_it(tiny_corpus, tmp
         (exp / "pretrain" / "seed-4" / "best" / "tokenizer.json").read_text()
     # (That the weights come from such a directory exactly is tests/model/test_backbone.py's job.)
     assert not (exp / "tables").exists()  # the main experiment's tables are not touched by a sweep
+
+
+def staged_experiment(tiny_corpus, tmp_path, name: str) -> Experiment:
+    path = write_experiment(tiny_corpus, tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["output_dir"] = str(tmp_path / name)
+    start = "{output_dir}/pretrain/seed-{seed}/best"
+    spec["methods"] = {"pretrain": {"report": False, "model.alcap.use_music": False, "data.embeddings": None},
+                       "bart": {"model.backbone": start, "model.alcap.use_music": False, "data.embeddings": None},
+                       "alcap": {"model.backbone": start}}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return load_experiment(path)
+
+
+def test_parallel_jobs_train_the_same_models_as_one_at_a_time(tiny_corpus, tmp_path):
+    import torch
+
+    from alcap.experiment import run_all
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers get 1 thread each; same arithmetic, same bits
+    try:
+        one = staged_experiment(tiny_corpus, tmp_path, "one")
+        run_all(one, [1], progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    many = staged_experiment(tiny_corpus, tmp_path, "many")
+    run_all(many, [1], progress=False, jobs=2, threads_per_job=1)
+    from safetensors.torch import load_file
+
+    for method in ("pretrain", "bart", "alcap"):  # (the files' headers list tied weights in hash order)
+        weights = [load_file(e.run_dir(method, 1) / "best" / "model.safetensors") for e in (one, many)]
+        assert weights[0].keys() == weights[1].keys(), method
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), method
+    for method in ("bart", "alcap"):  # evaluated in the worker, as one at a time does
+        metrics = [json.loads((e.run_dir(method, 1) / "best" / "eval-test" / "metrics.json").read_text())
+                   for e in (one, many)]
+        assert metrics[0]["rouge1_recall"] == metrics[1]["rouge1_recall"]
+    config = json.loads((many.run_dir("alcap", 1) / "environment.jsonl").read_text().splitlines()[0])
+    assert config["torch_threads"] == 1
+
+
+def test_a_failed_parallel_run_costs_only_the_runs_that_start_from_it(tiny_corpus, tmp_path):
+    from alcap.experiment import run_all
+
+    exp = staged_experiment(tiny_corpus, tmp_path, "failing")
+    exp.methods["pretrain"]["data.manifest"] = str(tmp_path / "missing.jsonl")  # fails when it trains
+    exp.methods["alone"] = {"model.alcap.alpha": 0.0}
+    with pytest.raises(Exception, match="missing.jsonl"):
+        run_all(exp, [1], progress=False, jobs=2, threads_per_job=1)
+    assert (exp.run_dir("alone", 1) / "best" / "eval-test" / "metrics.json").exists()
+    for method in ("pretrain", "bart", "alcap"):
+        assert not (exp.run_dir(method, 1) / "best").exists(), method
+
+
+def test_an_experiment_of_stages_only_trains_them_and_writes_no_tables(tiny_corpus, tmp_path, capsys):
+    exp = staged_experiment(tiny_corpus, tmp_path, "stages")
+    path = tmp_path / "exp.yaml"
+    assert main(["experiment", str(path), "--methods", "pretrain", "--seeds", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"trained {exp.run_dir('pretrain', 3)} (a stage other methods start from" in out
+    assert (exp.run_dir("pretrain", 3) / "best").is_dir() and not (exp.output_dir / "tables").exists()
+    assert not (exp.output_dir / "bart").exists()
