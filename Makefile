@@ -42,39 +42,48 @@ DEMO_SEED := $(firstword $(DEMO_SEEDS))
 
 EXPERIMENT_ARGS = configs/demo.yaml --seeds $(DEMO_SEEDS) --output-dir $(RUNS_DIR) --quiet \
 	--set data.manifest=$(DEMO_DIR)/corpus/manifest.jsonl --set data.embeddings=$(EMBED_DIR)
+DEMO_MODELS := $(foreach m,bart bart-fusion alcap,$(RUNS_DIR)/$(m)/seed-$(DEMO_SEED)/best)
+SIDE_BY_SIDE := $(MAKE) --no-print-directory -j2 --output-sync=target
 
-# The text stage needs no audio, so it trains while the songs are embedded (make -j2); then the
-# three methods train side by side (--jobs 3, one torch thread each: tiny models use a second
-# thread poorly, README "The demo").
+# Independent steps run side by side (make -j2): tiny models and single-song jobs use a second
+# thread poorly. The text stage needs no audio, so it trains (one thread) while the songs are
+# embedded (one thread); the three methods then train together (--jobs 3).
 demo: $(STAMP)
 	$(BIN)/alcap data make-demo $(DEMO_DIR)/corpus --alignment $(DEMO_ALIGNMENT)
 	$(BIN)/alcap data validate $(DEMO_DIR)/corpus/manifest.jsonl --max-issues 10 --quiet
-	@$(MAKE) --no-print-directory -j2 --output-sync=target demo-embed demo-text-pretrain
+	@$(SIDE_BY_SIDE) demo-embed demo-text-pretrain
 	$(BIN)/alcap experiment $(EXPERIMENT_ARGS) --jobs 3
-	$(BIN)/alcap caption $$($(BIN)/python -c "$$HELD_OUT" $(DEMO_DIR)/corpus/manifest.jsonl 4) \
-		--model $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best --jsonl $(RUNS_DIR)/captions.jsonl
-	$(BIN)/alcap attention $(RUNS_DIR)/bart-fusion/seed-$(DEMO_SEED)/best $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best \
-		--songs 3 --out $(RUNS_DIR)/attention.png
-	$(BIN)/alcap alignment $(RUNS_DIR)/bart-fusion/seed-$(DEMO_SEED)/best $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best \
-		--out $(RUNS_DIR)/alignment
-	$(BIN)/alcap diagnose swap $(foreach m,bart bart-fusion alcap,$(RUNS_DIR)/$(m)/seed-$(DEMO_SEED)/best) \
-		--num-beams 1 --out $(RUNS_DIR)/swap --quiet
+	@$(SIDE_BY_SIDE) demo-captions demo-attention demo-alignment demo-swap
 	$(BIN)/alcap report $(RUNS_DIR) --captions $(RUNS_DIR)/captions.jsonl --title "alcap demo: BART vs BART-fusion vs ALCAP"
 	@echo
 	@echo "demo corpus:     $(DEMO_DIR)/corpus (manifest.jsonl, audio/, corpus.json, attributes.json)"
 	@echo "embedding store: $(EMBED_DIR)"
 	@echo "report:          $(RUNS_DIR)/report.md (tables/, metrics.json, loss_curves.png, attention.png, alignment/, swap/)"
 
-.PHONY: demo-embed demo-text-pretrain
+.PHONY: demo-embed demo-text-pretrain demo-captions demo-attention demo-alignment demo-swap
 demo-embed:
 	$(if $(filter tagger,$(DEMO_ENCODER)),test -f $(TAGGER_DIR)/best_model.pth || $(BIN)/alcap train-tagger \
 		$(DEMO_DIR)/corpus/manifest.jsonl --tags instrument tempo mode energy drums --epochs 20 --out $(TAGGER_DIR) --quiet)
-	$(BIN)/alcap embed $(DEMO_DIR)/corpus/manifest.jsonl --out $(EMBED_DIR) $(ENCODER_ARGS) --quiet
+	OMP_NUM_THREADS=1 $(BIN)/alcap embed $(DEMO_DIR)/corpus/manifest.jsonl --out $(EMBED_DIR) $(ENCODER_ARGS) \
+		--workers 1 --quiet
 	$(BIN)/alcap store info $(EMBED_DIR)
 	$(BIN)/alcap probe $(EMBED_DIR) --manifest $(DEMO_DIR)/corpus/manifest.jsonl --columns tempo instrument mode energy drums
 
 demo-text-pretrain:
-	$(BIN)/alcap experiment $(EXPERIMENT_ARGS) --methods text-pretrain --jobs $(words $(DEMO_SEEDS))
+	OMP_NUM_THREADS=1 $(BIN)/alcap experiment $(EXPERIMENT_ARGS) --methods text-pretrain --jobs $(words $(DEMO_SEEDS))
+
+demo-captions:
+	$(BIN)/alcap caption $$($(BIN)/python -c "$$HELD_OUT" $(DEMO_DIR)/corpus/manifest.jsonl 4) \
+		--model $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best --jsonl $(RUNS_DIR)/captions.jsonl
+
+demo-attention:
+	$(BIN)/alcap attention $(wordlist 2,3,$(DEMO_MODELS)) --songs 3 --out $(RUNS_DIR)/attention.png
+
+demo-alignment:
+	$(BIN)/alcap alignment $(wordlist 2,3,$(DEMO_MODELS)) --out $(RUNS_DIR)/alignment
+
+demo-swap:
+	$(BIN)/alcap diagnose swap $(DEMO_MODELS) --num-beams 1 --out $(RUNS_DIR)/swap --quiet
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -207,7 +207,9 @@ def staged_experiment(tiny_corpus, tmp_path, name: str) -> Experiment:
     return load_experiment(path)
 
 
-def test_parallel_jobs_train_the_same_models_as_one_at_a_time(tiny_corpus, tmp_path):
+def test_parallel_jobs_train_the_same_models_as_one_at_a_time(tiny_corpus, tmp_path, capfd):
+    import logging
+
     import torch
 
     from alcap.experiment import run_all
@@ -220,7 +222,17 @@ def test_parallel_jobs_train_the_same_models_as_one_at_a_time(tiny_corpus, tmp_p
     finally:
         torch.set_num_threads(threads)
     many = staged_experiment(tiny_corpus, tmp_path, "many")
-    run_all(many, [1], progress=False, jobs=2, threads_per_job=1)
+    package = logging.getLogger("alcap")
+    level = package.level
+    package.setLevel(logging.INFO)  # as the CLI does; the workers take the level over
+    try:
+        capfd.readouterr()
+        run_all(many, [1], progress=False, jobs=2, threads_per_job=1)
+    finally:
+        package.setLevel(level)
+    err = capfd.readouterr().err
+    assert "alcap: alcap seed 1: training into" in err  # the workers' own log lines
+    assert "Saving current state" not in err  # but not every library's INFO lines
     from safetensors.torch import load_file
 
     for method in ("pretrain", "bart", "alcap"):  # (the files' headers list tied weights in hash order)

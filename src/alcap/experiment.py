@@ -187,12 +187,13 @@ def _start_worker(threads: int, log_level: int) -> None:
 
     die_with_parent()  # a killed `alcap experiment` must not leave trainings behind
     torch.set_num_threads(threads)
-    if not logger.parent.handlers:  # a spawned process starts without the CLI's logging
+    package = logging.getLogger("alcap")  # not the root: other libraries' INFO lines stay quiet
+    if not package.handlers:  # a spawned process starts without the CLI's logging
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("alcap: %(message)s"))
-        logger.parent.addHandler(handler)
-        logger.parent.propagate = False
-    logger.parent.setLevel(log_level)
+        package.addHandler(handler)
+        package.propagate = False
+    package.setLevel(log_level)
 
 
 def _run_parallel(experiment: Experiment, todo: list[tuple[str, int]], overrides: list[str] | None, jobs: int,

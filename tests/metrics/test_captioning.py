@@ -142,3 +142,25 @@ def test_offline_meteor_tokenizer_is_word_tokenizes_own():
     two = "It is slow. Then it\u2019s fast\u2026 really."
     assert tokenize(two) == [t for s in ("It is slow.", "Then it\u2019s fast\u2026 really.")
                              for t in nltk.word_tokenize(s, preserve_line=True)] or "punkt" in name
+
+
+def test_meteor_scores_with_alcaps_wordnet_equal_nltks_own():
+    """The reader that skips NLTK's mapping of WordNet 3.0 onto itself scores exactly as
+    nltk.corpus.wordnet does, synonyms included (stage 3 of METEOR's matching)."""
+    require_wordnet()
+    from nltk.corpus import wordnet as nltk_wordnet
+    from nltk.translate.meteor_score import meteor_score
+
+    from alcap.metrics.wordnet import wordnet_reader
+
+    ours = wordnet_reader()
+    assert ours is wordnet_reader()  # loaded once per process
+    pairs = [("a quick sad song about a lost love", "a fast melancholy tune about love that was lost"),
+             ("the singer runs home through the big city", "the vocalist is running to his house in a large town"),
+             ("gentle piano, minor key, slow", "soft keyboard in a minor mode played slowly")]
+    for hypothesis, reference in pairs:
+        args = ([reference.split()], hypothesis.split())
+        expected = meteor_score(*args, alpha=0.9, beta=3, gamma=0.5, wordnet=nltk_wordnet)
+        assert meteor_score(*args, alpha=0.9, beta=3, gamma=0.5, wordnet=ours) == expected
+    assert {s.name() for s in ours.synsets("fast")} == {s.name() for s in nltk_wordnet.synsets("fast")}
+    assert ours.get_version() == nltk_wordnet.get_version() == "3.0"

@@ -87,13 +87,15 @@ def _meteor(predictions: Sequence[str], refs: list[list[str]]) -> tuple[dict, li
     """The METEOR metrics and each prediction's score against its best reference (None without WordNet)."""
     from nltk.translate.meteor_score import meteor_score
 
-    from .wordnet import wordnet_status
+    from .wordnet import wordnet_reader, wordnet_status
 
     ok, reason = wordnet_status()
     if not ok:
         return {"meteor": None, "meteor_unavailable": reason}, None
     tokenize, tokenizer_name = tokenizer_for_meteor()
-    scores = [float(meteor_score([tokenize(r) for r in ref], tokenize(pred), alpha=0.9, beta=3, gamma=0.5))
+    wordnet = wordnet_reader()
+    scores = [float(meteor_score([tokenize(r) for r in ref], tokenize(pred), alpha=0.9, beta=3, gamma=0.5,
+                                 wordnet=wordnet))
               for pred, ref in zip(predictions, refs)]
     return {"meteor": float(np.mean(scores)) if scores else 0.0, "meteor_tokenizer": tokenizer_name}, scores
 
