@@ -134,9 +134,9 @@ def run_all(experiment: Experiment, seeds: list[int], progress: bool = True, ove
 
     With `jobs` > 1, runs that do not depend on each other (other methods, other seeds) train at
     the same time in worker processes of `threads_per_job` torch threads each (default: the
-    cores divided among the jobs). Small models use a second thread poorly (the demo's tiny BART
-    trains 5.0 batches/s on 2 threads and 5.3 on 1), so on a few cores parallel runs finish far
-    sooner than one run with all the threads. A run starts once the runs it starts from are done;
+    cores divided among the jobs). Small models use extra threads poorly, so runs side by side
+    finish sooner than one run with all the threads (the demo's three fine-tunes on 2 cores: 240 s
+    with jobs=3 against 294 s one at a time). A run starts once the runs it starts from are done;
     a failed run costs only the runs that start from it, and the first failure is raised at the end.
     """
     todo = [(method, seed) for seed in seeds for method in experiment.methods if not _finished(experiment, method, seed)]
