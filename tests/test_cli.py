@@ -160,3 +160,11 @@ def test_console_script_is_installed():
     exe = Path(sys.executable).with_name("alcap")
     out = subprocess.run([str(exe), "embed", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--checkpoint" in out and "--random-init" in out and "--excerpt-seconds" in out
+
+
+def test_jobs_must_be_a_whole_number_of_at_least_one(capsys):
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["experiment", "configs/demo.yaml", "--jobs", bad])
+        assert exit_info.value.code == 2
+        assert f"--jobs: expected a whole number of at least 1, got '{bad}'" in capsys.readouterr().err

@@ -21,6 +21,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _jobs_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                        help="train up to N runs at a time (other methods, other seeds), each in its own process "
+                             "with cores/N torch threads (default 1). Small models use extra threads poorly, so runs "
+                             "side by side finish sooner: on 2 cores the demo's three fine-tunes took 240 s with "
+                             "--jobs 3, 294 s one at a time")
+
+
 def _excerpt_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("excerpt (which part of each song the music encoder hears)")
     group.add_argument("--excerpt-seconds", type=float, default=15.0, metavar="S",
@@ -758,11 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every run, e.g. --set train.epochs=2; repeatable")
     p.add_argument("--output-dir", metavar="DIR", help="experiment directory (default: output_dir of the file)")
-    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
-                   help="train up to N runs at a time (other methods, other seeds), each in its own process with "
-                        "cores/N torch threads (default 1). Small models use extra threads poorly, so runs side by "
-                        "side finish sooner: on 2 cores the demo's three fine-tunes took 240 s with --jobs 3, 294 s "
-                        "one at a time")
+    _jobs_arg(p)
     p.add_argument("--tables-only", action="store_true", help="only (re)write the tables from finished runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_experiment)
@@ -781,11 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every run; repeatable")
     p.add_argument("--output-dir", metavar="DIR", help="experiment directory (default: output_dir of the file)")
-    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
-                   help="train up to N runs at a time (other methods, other seeds), each in its own process with "
-                        "cores/N torch threads (default 1). Small models use extra threads poorly, so runs side by "
-                        "side finish sooner: on 2 cores the demo's three fine-tunes took 240 s with --jobs 3, 294 s "
-                        "one at a time")
+    _jobs_arg(p)
     p.add_argument("--tables-only", action="store_true", help="only redraw from finished runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep)
