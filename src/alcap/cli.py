@@ -270,6 +270,88 @@ def cmd_embed(args) -> int:
     return 0 if len(store) else 1
 
 
+def cmd_library_add(args) -> int:
+    from .library.build import add_songs
+
+    report = add_songs(args.library, args.model, args.sources, sentence_model=args.sentence_model, device=args.device,
+                       batch_size=args.batch_size or 16, workers=args.workers, limit=args.limit,
+                       shard=_parse_shard(args.shard) if args.shard else None, progress=not args.quiet)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"library {report.library}: {report.added} songs added, {report.skipped} already there, "
+              f"{report.failed} failed, in {report.seconds:.1f} s"
+              + (f"; `alcap library failures {report.library}` lists why" if report.failed else ""))
+    return 0 if report.failed == 0 else 1
+
+
+def cmd_library_search(args) -> int:
+    from .library import Library
+
+    with Library.open(args.library) as library:
+        hits = library.search(args.query, k=args.top, mode=args.mode, where=args.where, like=args.like)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+        return 0
+    if not hits:
+        print("no songs match")
+    for rank, hit in enumerate(hits, start=1):
+        print(f"{rank:>3}. {hit.score:.4f}  {hit.id[:16]}  {hit.path}\n     {hit.caption}")
+    return 0
+
+
+def cmd_library_info(args) -> int:
+    from .library import Library
+
+    with Library.open(args.library) as library:
+        info = library.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    model = info["identity"]["captioning_model"]
+    print(f"library {info['library']}: {info['songs']} songs, {info['failures']} failures, "
+          f"{info['size_bytes'] / 2**20:.1f} MiB")
+    print(f"  captioning model: weights sha256 {model['weights_sha256'][:16]}, music encoder "
+          f"{(model['music_encoder_sha256'] or 'none (lyrics only)')[:16]}")
+    print(f"  sentence model: {info['identity']['sentence_model']['name']} ({info['dim']}-d); search: exact over "
+          f"{info['vector_rows']} vector rows ({info['unused_rows']} unused, of removed songs)")
+    return 0
+
+
+def cmd_library_failures(args) -> int:
+    from .library import Library
+
+    with Library.open(args.library) as library:
+        failures = library.failures()
+    if args.json:
+        print(json.dumps(failures, indent=2, ensure_ascii=False))
+    else:
+        for f in failures:
+            print(f"{f['path']}: {f['reason']}")
+        print(f"{len(failures)} failed songs; the next `alcap library add` tries them again")
+    return 0
+
+
+def cmd_library_export(args) -> int:
+    from .library import Library
+
+    with Library.open(args.library) as library:
+        count = library.export(args.out)
+    print(f"{count} songs written to {args.out}")
+    return 0
+
+
+def cmd_library_remove(args) -> int:
+    from .library import Library
+
+    with Library.open(args.library, write=True) as library:
+        removed = library.remove(args.songs)
+    print(f"removed {len(removed)} songs" + (f": {', '.join(removed)}" if removed else ""))
+    return 0 if removed else 1
+
+
 def _parse_shard(text: str) -> tuple[int, int]:
     try:
         shard, num_shards = (int(part) for part in text.split("/"))
@@ -566,6 +648,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_caption(args) -> int:
+    from .data.lyrics import sidecar_lyrics
     from .inference import Captioner
 
     _check_writable(args.jsonl, "--jsonl")  # refused before any work starts
@@ -578,7 +661,7 @@ def cmd_caption(args) -> int:
     lyrics, failed = {}, {}
     for audio in args.audio:
         try:
-            lyrics[audio] = given if given is not None else _sidecar_lyrics(Path(audio))
+            lyrics[audio] = given if given is not None else sidecar_lyrics(Path(audio))
         except ValueError as exc:
             failed[audio] = str(exc)
     good = [a for a in args.audio if a in lyrics]
@@ -622,38 +705,12 @@ def _check_writable(path: str | None, flag: str) -> None:
 
 def _given_lyrics(given: str | None) -> str | None:
     """--lyrics as a file or as the text itself."""
+    from .data.lyrics import read_text_file
+
     if given is None:
         return None
     path = Path(given)
     return read_text_file(path, "--lyrics file") if path.is_file() else given
-
-
-def _sidecar_lyrics(audio: Path) -> str:
-    """A .txt or .lrc file next to the audio (LRC time tags dropped); "" when there is none."""
-    for suffix in (".txt", ".lrc"):
-        sidecar = audio.with_suffix(suffix)
-        if sidecar.is_file():
-            text = read_text_file(sidecar, "lyrics file")
-            if suffix == ".lrc":  # drop [mm:ss.xx] time tags and [ar:...] headers
-                import re
-
-                text = "\n".join(re.sub(r"\[[^\]]*\]", "", line).strip() for line in text.splitlines())
-            return text.strip()
-    return ""
-
-
-def read_text_file(path: Path, what: str) -> str:
-    """A UTF-8 text file (a byte-order mark is fine), or a ValueError naming it and the problem."""
-    from .data.manifest import text_problem
-
-    try:
-        text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
-    except OSError as exc:
-        raise ValueError(f"{what} {path}: cannot be read ({exc.strerror})") from None
-    problem = text_problem(text)
-    if problem:
-        raise ValueError(f"{what} {path} {problem}")
-    return text
 
 
 def cmd_report(args) -> int:
@@ -1001,6 +1058,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="store directories to copy from")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_store_merge)
+
+    lib = sub.add_parser("library", help="caption a catalogue into a library and search it by description",
+                         description="A song library: captions of a whole catalogue in SQLite, their sentence "
+                                     "vectors beside them, searchable by description (README, Song library)."
+                         ).add_subparsers(dest="library_command", metavar="COMMAND", required=True)
+    p = lib.add_parser("add", help="caption new or changed songs into a library (created if missing; resumable)",
+                       description="Caption every song of SOURCE (audio files, directories searched recursively "
+                                   "for audio by content, or manifests with song_id and audio; extra columns are "
+                                   "kept as metadata) into the library LIB. Lyrics come from the manifest, else "
+                                   "a .txt/.lrc file beside the audio, else none. A song is its manifest song_id, "
+                                   "else the sha256 of its bytes: songs already in the library are skipped, failed "
+                                   "ones retried. Each batch is committed on its own, so a killed run resumes.")
+    p.add_argument("library", metavar="LIB", help="library directory")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="audio files, directories or manifests")
+    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="captioning model (e.g. runs/demo/alcap/seed-2020/best)")
+    p.add_argument("--sentence-model", metavar="NAME_OR_DIR",
+                   help="sentence-transformers model for the caption vectors (default: the packaged all-MiniLM-L6-v2); "
+                        "fixed when the library is created")
+    _device_arg(p)
+    p.add_argument("--batch-size", type=positive_int, metavar="N", help="songs per batch and per commit (default: 16)")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="decoding worker processes; 0 decodes in the main process (default: 2)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="add at most N of the sources' songs")
+    p.add_argument("--shard", metavar="K/N", help="only shard K of N (0-based) of the sources' files, for one machine of N")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_library_add)
+    p = lib.add_parser("search", help="find songs by description (hybrid: dense + BM25), or like another song",
+                       description="Rank the library's songs for a description. dense: Sentence-BERT query vs "
+                                   "caption vectors, cosine (the paper's text-to-music retrieval); lexical: BM25 "
+                                   "over captions, lyrics and metadata (SQLite FTS5); hybrid: reciprocal-rank "
+                                   "fusion of the two, 1/(60 + rank) summed.")
+    p.add_argument("library", metavar="LIB", help="library directory")
+    p.add_argument("query", nargs="?", metavar="TEXT", help="the description, e.g. \"a slow piano song about leaving home\"")
+    p.add_argument("--top", type=positive_int, default=10, metavar="K", help="number of songs (default: 10)")
+    p.add_argument("--mode", choices=("hybrid", "dense", "lexical"), default="hybrid", help="how to rank (default: hybrid)")
+    p.add_argument("--where", action="append", metavar="FILTER",
+                   help="keep songs matching KEY OP VALUE (OP: = != < <= > >=; KEY: duration, path, id or a "
+                        "metadata column), e.g. --where duration<200 --where genre=rock; repeatable (all must hold)")
+    p.add_argument("--like", metavar="SONG_ID", help="songs whose captions are like this song's (instead of TEXT)")
+    p.add_argument("--json", action="store_true", help="print the hits as JSON")
+    p.set_defaults(func=cmd_library_search)
+    for name, func, text in (("info", cmd_library_info, "what a library holds and how it was built"),
+                             ("failures", cmd_library_failures, "the songs that could not be captioned, and why")):
+        p = lib.add_parser(name, help=text)
+        p.add_argument("library", metavar="LIB", help="library directory")
+        p.add_argument("--json", action="store_true", help="print as JSON")
+        p.set_defaults(func=func)
+    p = lib.add_parser("export", help="write captions, lyrics and metadata to JSONL, CSV or Parquet")
+    p.add_argument("library", metavar="LIB", help="library directory")
+    p.add_argument("out", metavar="OUT", help="output file; .jsonl, .csv or .parquet")
+    p.set_defaults(func=cmd_library_export)
+    p = lib.add_parser("remove", help="remove songs by id or path")
+    p.add_argument("library", metavar="LIB", help="library directory")
+    p.add_argument("songs", nargs="+", metavar="ID_OR_PATH", help="song ids or audio paths")
+    p.set_defaults(func=cmd_library_remove)
     return parser
 
 

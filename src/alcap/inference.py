@@ -170,7 +170,7 @@ class Captioner:
                         raise
                     results[i].error = exc.reason
             if self.uses_music:
-                for i, h_m in self._embed(waves).items():
+                for i, h_m in self.embed_music(waves).items():
                     if np.isfinite(h_m).all():
                         music[i] = h_m
                     elif errors == "raise":
@@ -194,7 +194,7 @@ class Captioner:
         rate = self.extractor.sample_rate if self.extractor is not None else 16000
         return load_audio(audio, rate, self.excerpt).samples
 
-    def _embed(self, waves: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    def embed_music(self, waves: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """h_m per input; equal-length waves (a fixed excerpt) go through the encoder together."""
         by_length: dict[int, list[int]] = {}
         for i, wave in waves.items():

@@ -13,6 +13,17 @@ def nested_differences(a, b, prefix: str = "") -> list[tuple[str, object, object
     return [] if a == b else [(prefix.rstrip("."), a, b)]
 
 
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes, read 1 MiB at a time."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def die_with_parent() -> None:
     """Ask Linux to kill this (worker) process when its parent dies, by kill -9 too.
 

@@ -228,7 +228,7 @@ class WriterLock:
         self._handle, self._key = handle, key
 
     @classmethod
-    def acquire(cls, root: Path) -> "WriterLock":
+    def acquire(cls, root: Path, what: str = "store") -> "WriterLock":
         handle = open(root / LOCK_FILE, "a+b")
         stat = os.fstat(handle.fileno())
         key = (stat.st_dev, stat.st_ino)
@@ -238,8 +238,8 @@ class WriterLock:
             fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (BlockingIOError, PermissionError):
             handle.close()
-            raise StoreError(f"{root}: another process is writing to this store; wait for it to finish "
-                             "(a killed writer releases the store at once)") from None
+            raise StoreError(f"{root}: another process is writing to this {what}; wait for it to finish "
+                             f"(a killed writer releases the {what} at once)") from None
         cls._held.add(key)
         return cls(handle, key)
 

@@ -39,7 +39,7 @@ from ..metrics.attributes import AttributeWords
 from ..inference import Captioner, extractor_from_store_meta, save_music_encoder
 from ..model.backbone import load_backbone
 from ..model.captioner import AlcapModel
-from ..utils import compute_environment, nested_differences, refused_pickle
+from ..utils import compute_environment, file_sha256, nested_differences, refused_pickle
 
 logger = logging.getLogger("alcap.train")
 # Accelerate warns at every save_state that BART's tied embeddings are stored once; the resume
@@ -480,19 +480,9 @@ CHECKSUMS_FILE = "checksums.json"
 
 def write_checksums(state_dir: Path) -> None:
     """Size and sha256 of every file of a resume state, checked before the state is loaded."""
-    sums = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    sums = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
             for p in sorted(state_dir.iterdir()) if p.is_file() and p.name != CHECKSUMS_FILE}
     (state_dir / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1) + "\n", encoding="utf-8")
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def state_problem(state_dir: Path) -> str | None:
@@ -511,7 +501,7 @@ def state_problem(state_dir: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != expected["bytes"]:
             return f"{name} has {path.stat().st_size} bytes, {expected['bytes']} were written (truncated?)"
-        if _sha256(path) != expected["sha256"]:
+        if file_sha256(path) != expected["sha256"]:
             return f"{name} differs from what was written (sha256 mismatch)"
     return None
 

@@ -1,0 +1,218 @@
+"""`alcap library add`: caption songs into a library, a batch at a time, resumable.
+
+Worker processes hash and decode the files (DataLoader), ahead of the main process, which runs
+the music encoder, caption generation (length-grouped batches) and the sentence model, then
+commits the batch. Memory holds a few batches at a time, whatever the library's size.
+
+A song's identity is its manifest `song_id`, else the sha256 of its file's bytes: a moved or
+duplicated file is not captioned twice, and a changed file is captioned again (replacing the
+song its path had).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..audio.decode import AudioError, load_audio
+from ..data.embed import _decoding_worker, shard_of
+from ..data.lyrics import sidecar_lyrics
+from ..data.manifest import FORMATS, ManifestError, read_manifest
+from ..utils import file_sha256
+from .store import Library, Song
+
+# First bytes of the audio formats the decoder reads: WAV, AIFF, FLAC, Ogg, MP3 (ID3 tag or a frame).
+_MAGIC = (b"RIFF", b"FORM", b"fLaC", b"OggS", b"ID3")
+
+
+def looks_like_audio(path: Path) -> bool:
+    """Audio recognised by content, not by name (a directory may hold lyrics, covers, notes)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(_MAGIC) or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
+
+
+@dataclass
+class SourceItem:
+    path: str
+    song_id: str | None = None  # from a manifest; else the file's sha256
+    lyrics: str | None = None  # from a manifest; else the sidecar .txt/.lrc
+    metadata: dict = field(default_factory=dict)
+
+
+def expand_sources(sources: list[str]) -> tuple[list[SourceItem], list[str]]:
+    """Audio files, directories (recursive, audio by content) and manifests -> items, plus
+    one-line notes on what was left out (bad manifest rows)."""
+    items, notes = [], []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            items += [SourceItem(str(f)) for f in sorted(path.rglob("*")) if f.is_file() and looks_like_audio(f)]
+        elif path.suffix.lower() in FORMATS and not looks_like_audio(path):
+            try:
+                manifest = read_manifest(path)
+            except ManifestError as exc:
+                raise ValueError(str(exc)) from None
+            notes += [f"{path}:{issue.line}: {issue.message}" for issue in manifest.issues]
+            seen = set()
+            for row in manifest:
+                if row.song_id not in seen:  # a song with several captions has several rows
+                    seen.add(row.song_id)
+                    items.append(SourceItem(row.audio, row.song_id, row.lyrics or None, dict(row.extra)))
+        else:
+            items.append(SourceItem(str(path)))  # a bad file is that file's failure, not the run's
+    return items, notes
+
+
+class _Songs:
+    """item -> ("skip" | "fail" | "ok", item, song_id, sha256, detail); never raises on a bad file."""
+
+    def __init__(self, items: list[SourceItem], known: dict[str, str], sample_rate: int, excerpt):
+        self.items, self.known, self.sample_rate, self.excerpt = items, known, sample_rate, excerpt
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
+        song_id, sha = item.song_id, None
+        try:
+            sha = file_sha256(item.path)
+            song_id = song_id or sha
+            if self.known.get(song_id) == sha:
+                return "skip", item, song_id, sha, None
+            lyrics = item.lyrics if item.lyrics is not None else sidecar_lyrics(Path(item.path))
+            clip = load_audio(item.path, self.sample_rate, self.excerpt)
+            return "ok", item, song_id, sha, (lyrics, clip.samples, clip.source_duration)
+        except AudioError as exc:
+            return "fail", item, song_id, sha, exc.reason
+        except (OSError, ValueError) as exc:  # unreadable file or lyrics sidecar
+            return "fail", item, song_id, sha, str(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the library
+            return "fail", item, song_id, sha, f"unexpected {type(exc).__name__}: {exc}"
+
+
+@dataclass
+class AddReport:
+    library: str
+    sources: int
+    added: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "songs_per_second": round(self.added / self.seconds, 3) if self.seconds else 0.0}
+
+
+def library_identity(captioner, model_dir: str | Path, sentence_model: str | None, dim: int) -> dict:
+    """What the library's captions and vectors depend on; adding with anything else is refused."""
+    from .. import __version__
+    from ..model.captioner import model_directory
+
+    weights = model_directory(model_dir) / "model.safetensors"
+    generation = {k: v for k, v in dataclasses.asdict(captioner.generation).items() if k != "batch_size"}
+    encoder = captioner.extractor.identity()["weights_sha256"] if captioner.extractor is not None else None
+    return {
+        "captioning_model": {"weights_sha256": file_sha256(weights), "music_encoder_sha256": encoder,
+                             "uses_music": captioner.uses_music, "excerpt": captioner.excerpt.to_dict()},
+        "generation": generation,
+        # The packaged default is named, not located: its path differs from one environment to the next.
+        "sentence_model": {"name": sentence_model or "all-MiniLM-L6-v2 (packaged)", "path": sentence_model, "dim": dim},
+        "created_by": f"alcap {__version__}",
+    }
+
+
+def add_songs(root: str | Path, model_dir: str | Path, sources: list[str], sentence_model: str | None = None,
+              device: str = "auto", batch_size: int = 16, workers: int = 2, limit: int | None = None,
+              shard: tuple[int, int] | None = None, progress: bool = True) -> AddReport:
+    """Caption every new or changed song of `sources` into the library at `root` (created if missing)."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from ..inference import Captioner
+    from ..metrics.retrieval import SentenceEncoder
+
+    items, notes = expand_sources(sources)
+    if shard is not None:
+        chosen = set(shard_of([item.path for item in items], *shard))
+        items = [item for item in items if item.path in chosen]
+    items = items[:limit] if limit else items
+    captioner = Captioner.from_pretrained(model_dir, device=device)
+    captioner.generation = captioner.generation.with_overrides(batch_size=batch_size)
+    encoder = SentenceEncoder(sentence_model, device=str(captioner.device))
+    dim = int(encoder.encode(["a song"]).shape[1])
+    identity = library_identity(captioner, model_dir, sentence_model, dim)
+    report = AddReport(library=str(root), sources=len(items), notes=notes)
+    started = time.perf_counter()
+    with Library.open(root, identity, write=True) as library:
+        library._encoder = encoder
+        known, by_path = library.known(), library.paths()
+        failed_before = {f["path"] for f in library.failures()}
+        rate = captioner.extractor.sample_rate if captioner.extractor is not None else 16000
+        loader = DataLoader(_Songs(items, known, rate, captioner.excerpt), batch_size=batch_size, shuffle=False,
+                            num_workers=workers, collate_fn=list, worker_init_fn=_decoding_worker if workers else None)
+        seen: set[str] = set()  # ids committed or queued in this run (a file listed twice)
+        bar = tqdm(total=len(items), desc="library add", unit="song", disable=not progress, dynamic_ncols=True)
+        try:
+            for batch in loader:
+                good, fine = [], []
+                for status, item, song_id, sha, detail in batch:
+                    if status == "skip" or song_id in seen:
+                        report.skipped += 1
+                        fine.append(item.path)
+                    elif status == "fail":
+                        library.add_failure(item.path, detail, song_id)
+                        report.failed += 1
+                    else:
+                        seen.add(song_id)
+                        good.append((item, song_id, sha, detail))
+                library.clear_failures([p for p in fine if p in failed_before])
+                report.added += _caption_batch(library, captioner, encoder, good, known, by_path, report)
+                bar.update(len(batch))
+                bar.set_postfix(added=report.added, failed=report.failed)
+        finally:
+            bar.close()
+            report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _caption_batch(library: Library, captioner, encoder, good: list, known: dict, by_path: dict,
+                   report: AddReport) -> int:
+    if not good:
+        return 0
+    music = None
+    if captioner.uses_music:
+        embedded = captioner.embed_music({i: samples for i, (_, _, _, (_, samples, _)) in enumerate(good)})
+        for i in [i for i, h_m in embedded.items() if not np.isfinite(h_m).all()]:
+            item, song_id = good[i][0], good[i][1]
+            library.add_failure(item.path, "the music encoder produced non-finite values", song_id)
+            report.failed += 1
+        keep = [i for i in range(len(good)) if np.isfinite(embedded[i]).all()]
+        good, music = [good[i] for i in keep], [embedded[i] for i in keep]
+        if not good:
+            return 0
+    captions = captioner.caption_embeddings([lyrics for _, _, _, (lyrics, _, _) in good], music)
+    vectors = encoder.encode(captions)
+    songs, replaces = [], []
+    for (item, song_id, sha, (lyrics, _, duration)), caption in zip(good, captions):
+        songs.append(Song(id=song_id, path=item.path, caption=caption, lyrics=lyrics, sha256=sha,
+                          duration=round(float(duration), 3), metadata=item.metadata))
+        if song_id in known:  # the same id, another file's bytes (a manifest id whose file changed)
+            replaces.append(song_id)
+        old = by_path.get(item.path)
+        if old is not None and old != song_id:  # the file at this path changed
+            replaces.append(old)
+    library.add_batch(songs, vectors, replaces=list(dict.fromkeys(replaces)))
+    for song in songs:
+        known[song.id] = song.sha256
+        by_path[song.path] = song.id
+    return len(songs)

@@ -1,0 +1,231 @@
+"""`alcap library`: add, resume after kill -9, identity, failures, search, export and remove."""
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from alcap.cli import main
+from alcap.library import Library, LibraryError, LibraryMismatchError
+from alcap.library.store import fuse_ranks, fts_query, where_clause
+
+
+@pytest.fixture(scope="module")
+def songs_dir(tmp_path_factory):
+    """30 one-second demo songs (4 formats) with lyrics sidecars for some; (folder, manifest)."""
+    from alcap.data.demo import make_demo_corpus
+    from alcap.data.manifest import read_manifest
+
+    root = tmp_path_factory.mktemp("library-songs")
+    make_demo_corpus(root / "corpus", n_songs=30, seed=3, min_seconds=1.0, max_seconds=1.2, workers=1, progress=False)
+    manifest = read_manifest(root / "corpus" / "manifest.jsonl")
+    folder = root / "folder"
+    folder.mkdir()
+    for row in {r.song_id: r for r in manifest}.values():
+        shutil.copy(row.audio, folder)
+    (folder / "notes.txt").write_text("not audio\n")
+    first = audio_files(folder)[0]
+    first.with_suffix(".lrc").write_text("[00:01.00]the city lights\n[00:02.00]keep me awake\n")
+    return folder, root / "corpus" / "manifest.jsonl"
+
+
+def audio_files(folder):
+    return [f for f in sorted(folder.glob("demo*")) if f.suffix != ".lrc"]
+
+
+def add(capsys, lib, model, *sources, extra=()):
+    code = main(["library", "add", str(lib), *map(str, sources), "--model", str(model), "--device", "cpu",
+                 "--workers", "0", "--quiet", "--json", *extra])
+    out = capsys.readouterr().out
+    return code, json.loads(out[out.index("{"):])
+
+
+def test_add_skips_what_is_there_and_search_finds_songs(songs_dir, tiny_models, tmp_path, capsys):
+    folder, manifest = songs_dir
+    lib = tmp_path / "lib"
+    code, report = add(capsys, lib, tiny_models["music"], folder)
+    assert code == 0 and report["added"] == 30 and report["failed"] == 0  # notes.txt and the .lrc are not audio
+    with Library.open(lib) as library:
+        songs = library.songs()
+        assert len(songs) == 30 and len(library.vectors()) == 30
+        by_name = {os.path.basename(s.path): s for s in songs}
+        first = sorted(by_name)[0]
+        assert by_name[first].lyrics == "the city lights\nkeep me awake"  # LRC time tags dropped
+        assert all(len(s.id) == 64 and s.id == s.sha256 for s in songs)  # no manifest: the file's hash
+        assert np.allclose(np.linalg.norm(library.vectors().astype(np.float32), axis=1), 1.0, atol=1e-2)
+    # Again, and through a copy of one file elsewhere: nothing is captioned twice.
+    shutil.copy(folder / first, tmp_path / "moved.wav")
+    code, report = add(capsys, lib, tiny_models["music"], folder, tmp_path / "moved.wav")
+    assert (report["added"], report["skipped"]) == (0, 31)
+
+    assert main(["library", "search", str(lib), "a song", "--top", "5", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 5 and all({"id", "path", "caption", "score", "lyrics", "metadata"} <= set(h) for h in hits)
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    with Library.open(lib) as library:
+        dense = library.search("a slow song", k=30, mode="dense")
+        # Dense scores are the cosine of the query's and the captions' sentence vectors.
+        query = library.encoder().encode(["a slow song"])[0]
+        captions = library.encoder().encode([h.caption for h in dense])
+        expected = captions @ query / np.linalg.norm(captions, axis=1) / np.linalg.norm(query)
+        assert [h.score for h in dense] == pytest.approx(expected, abs=2e-3)  # float16 vectors
+        like = library.search(like=dense[0].id, k=3, mode="dense")
+        assert dense[0].id not in [h.id for h in like] and len(like) == 3
+        with pytest.raises(LibraryError, match="no song with id 'nope'"):
+            library.search(like="nope")
+
+
+def test_manifest_metadata_filters_export_and_remove(songs_dir, tiny_models, tmp_path, capsys):
+    folder, manifest = songs_dir
+    lib = tmp_path / "lib"
+    code, report = add(capsys, lib, tiny_models["lyrics"], manifest, extra=["--limit", "12"])
+    assert code == 0 and report["added"] == 12
+    with Library.open(lib) as library:
+        songs = {s.id: s for s in library.songs()}
+        assert all(s.id.startswith("demo") for s in songs.values())  # manifest ids
+        some = next(iter(songs.values()))
+        assert {"tempo", "instrument", "theme"} <= set(some.metadata)
+        fast = library.search("song", k=12, mode="dense", where=["tempo=fast"])
+        assert fast and all(h.metadata["tempo"] == "fast" for h in fast)
+        assert len(fast) == sum(s.metadata["tempo"] == "fast" for s in songs.values())
+        short = library.search("song", k=12, mode="dense", where=["duration<1.1"])
+        assert all(songs[h.id].duration < 1.1 for h in short)
+        word = some.metadata["instrument"]
+        lexical = library.search(word, k=12, mode="lexical")
+        assert lexical and all(word in (h.caption + json.dumps(h.metadata)).lower() for h in lexical)
+    out = tmp_path / "songs.csv"
+    assert main(["library", "export", str(lib), str(out)]) == 0
+    header = out.read_text().splitlines()[0].split(",")
+    assert header[:3] == ["song_id", "audio", "caption"] and "tempo" in header
+    assert main(["library", "remove", str(lib), some.id]) == 0
+    with Library.open(lib) as library:
+        assert len(library) == 11 and library.info()["unused_rows"] == 1
+        assert some.id not in [h.id for h in library.search(some.caption, k=12, mode="lexical")]
+
+
+def test_a_changed_file_is_captioned_again_and_failures_are_retried(songs_dir, tiny_models, tmp_path, capsys):
+    folder, _ = songs_dir
+    work = tmp_path / "songs"
+    work.mkdir()
+    files = audio_files(folder)[:3]
+    for f in files:
+        shutil.copy(f, work)
+    bad = work / "broken.wav"
+    bad.write_bytes(b"RIFF" + os.urandom(200))  # looks like audio, does not decode
+    lib = tmp_path / "lib"
+    code, report = add(capsys, lib, tiny_models["music"], work)
+    assert code == 1 and (report["added"], report["failed"]) == (3, 1)
+    assert main(["library", "failures", str(lib), "--json"]) == 0
+    failures = json.loads(capsys.readouterr().out)
+    assert [f["path"] for f in failures] == [str(bad)] and "not a readable audio file" in failures[0]["reason"]
+    # Fixed and changed: the broken file is retried, the changed one replaces its old song.
+    shutil.copy(audio_files(folder)[7], bad)
+    shutil.copy(audio_files(folder)[5], work / files[1].name)
+    code, report = add(capsys, lib, tiny_models["music"], work)
+    assert code == 0 and (report["added"], report["skipped"]) == (2, 2)
+    with Library.open(lib) as library:
+        assert library.failures() == [] and len(library) == 4
+        paths = [s.path for s in library.songs()]
+        assert sorted(paths) == sorted(str(p) for p in work.iterdir())  # one song per file
+    # A failed file that becomes a copy of a song already there is no longer a failure.
+    again = work / "again.wav"
+    again.write_bytes(b"RIFF" + os.urandom(100))
+    assert add(capsys, lib, tiny_models["music"], again)[1]["failed"] == 1
+    shutil.copy(files[2], again)
+    assert add(capsys, lib, tiny_models["music"], again)[1]["skipped"] == 1
+    with Library.open(lib) as library:
+        assert library.failures() == [] and len(library) == 4
+
+
+def test_another_model_is_refused_with_the_differences(songs_dir, tiny_models, tmp_path, capsys):
+    folder, _ = songs_dir
+    lib = tmp_path / "lib"
+    add(capsys, lib, tiny_models["music"], audio_files(folder)[0])
+    from alcap.library.build import add_songs
+
+    with pytest.raises(LibraryMismatchError, match="captioning_model.weights_sha256: library has '[0-9a-f]+'"):
+        add_songs(lib, tiny_models["lyrics"], [str(folder)], device="cpu", workers=0, progress=False)
+    assert main(["library", "add", str(lib), str(folder), "--model", str(tiny_models["lyrics"]), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "was built with other models or settings" in err and "uses_music: library has True, this run has False" in err
+    with Library.open(lib) as library:
+        assert len(library) == 1  # nothing of the refused run was written
+
+
+def test_a_second_writer_is_refused_while_readers_search(songs_dir, tiny_models, tmp_path, capsys):
+    folder, _ = songs_dir
+    lib = tmp_path / "lib"
+    add(capsys, lib, tiny_models["lyrics"], *audio_files(folder)[:2])
+    with Library.open(lib, write=True):
+        with pytest.raises(LibraryError, match="another process is writing to this library"):
+            Library.open(lib, write=True)
+        with Library.open(lib) as reader:
+            assert len(reader.search("song", k=2, mode="lexical")) <= 2 and len(reader) == 2
+
+
+def test_vectors_of_an_uncommitted_batch_are_dropped_on_reopen(songs_dir, tiny_models, tmp_path, capsys):
+    folder, _ = songs_dir
+    lib = tmp_path / "lib"
+    add(capsys, lib, tiny_models["lyrics"], *audio_files(folder)[:2])
+    with open(lib / "vectors.f16", "ab") as f:  # a writer killed after its vectors, before its commit
+        f.write(np.ones((3, 384), dtype="<f2").tobytes())
+    with Library.open(lib, write=True) as library:
+        assert (lib / "vectors.f16").stat().st_size == 2 * 384 * 2 and len(library.vectors()) == 2
+
+
+def test_kill_9_of_a_two_worker_add_resumes_to_the_uninterrupted_result(songs_dir, tiny_models, tmp_path, capsys):
+    folder, _ = songs_dir
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    # Batches of one everywhere: a sentence vector depends on its batch's padding in the last bits.
+    add(capsys, whole, tiny_models["music"], folder, extra=["--batch-size", "1"])
+    command = [sys.executable, "-m", "alcap", "library", "add", str(killed), str(folder), "--model",
+               str(tiny_models["music"]), "--device", "cpu", "--workers", "2", "--batch-size", "1", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, count = time.monotonic() + 120, 0
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if (killed / "library.sqlite").exists():
+                try:
+                    with sqlite3.connect(killed / "library.sqlite", timeout=1) as db:
+                        count = db.execute("SELECT count(*) FROM songs").fetchone()[0]
+                except sqlite3.OperationalError:
+                    count = 0  # the schema is not there yet
+                if count >= 3:
+                    break
+            time.sleep(0.02)
+        assert process.poll() is None, "the add finished before it could be killed"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert 3 <= count < 30
+    code, report = add(capsys, killed, tiny_models["music"], folder, extra=["--batch-size", "1"])
+    assert code == 0 and report["added"] + report["skipped"] == 30 and report["skipped"] >= 3
+    with Library.open(whole) as a, Library.open(killed) as b:
+        songs_a, songs_b = {s.id: s for s in a.songs()}, {s.id: s for s in b.songs()}
+        assert songs_a.keys() == songs_b.keys() and len(songs_b) == 30  # no song twice, none lost
+        assert all(songs_a[i].caption == songs_b[i].caption for i in songs_a)
+        va, vb = a.vectors(), b.vectors()
+        assert len(vb) == 30  # every row has its vector and every vector its row
+        for i in songs_a:
+            assert np.array_equal(va[songs_a[i].row], vb[songs_b[i].row]), i
+
+
+def test_search_helpers():
+    assert fts_query('a "slow" song, AND (piano)') == '"a" OR "slow" OR "song" OR "and" OR "piano"'
+    assert fuse_ranks([[(1, 0.9), (2, 0.8)], [(2, 5.0), (3, 4.0)]]) == [(2, 1 / 62 + 1 / 61), (1, 1 / 61), (3, 1 / 62)]
+    clause, params = where_clause(["duration<=200", "genre=rock"])
+    assert clause == "WHERE duration <= ? AND json_extract(songs.metadata, '$.\"genre\"') = ?" and params == [200.0, "rock"]
+    with pytest.raises(LibraryError, match="expected KEY OP VALUE"):
+        where_clause(["rock"])
+    with pytest.raises(LibraryError, match="a key is a column name"):
+        where_clause(["x') OR 1=1 --=1"])
