@@ -229,3 +229,34 @@ def test_search_helpers():
         where_clause(["rock"])
     with pytest.raises(LibraryError, match="a key is a column name"):
         where_clause(["x') OR 1=1 --=1"])
+
+
+def test_dense_search_retrieval_equals_alcap_evaluates_on_the_same_captions(songs_dir, tiny_models, tmp_path, capsys):
+    from alcap.data.manifest import read_manifest
+    from alcap.evaluate import songs_with_references
+    from alcap.metrics.retrieval import SentenceEncoder, retrieval_metrics, text_to_music_retrieval
+
+    folder, manifest = songs_dir
+    lib = tmp_path / "lib"
+    add(capsys, lib, tiny_models["music"], manifest)
+    assert main(["library", "evaluate", str(lib), "--manifest", str(manifest), "--split", "train", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    pool = songs_with_references(read_manifest(manifest).split("train"))
+    with Library.open(lib) as library:
+        captions = {s.id: s.caption for s in library.songs()}
+    evaluated, data = text_to_music_retrieval([captions[s["song_id"]] for s in pool], [s["references"] for s in pool],
+                                              SentenceEncoder(), seed=0)
+    # The same queries, pool, tie rule and caption vectors as `alcap evaluate`; the library keeps
+    # the vectors in float16, so the expected numbers are evaluate's similarity with them rounded.
+    # (Not evaluate's float32 numbers themselves: a batch's padding moves identical captions'
+    # float32 vectors apart in the last bits, which breaks the ties evaluate's rule is meant for.)
+    c = data["caption_embeddings"]
+    c16 = (c / np.linalg.norm(c, axis=1, keepdims=True)).astype(np.float16).astype(np.float32)
+    q = data["query_embeddings"]
+    expected = retrieval_metrics((q / np.linalg.norm(q, axis=1, keepdims=True)) @ c16.T)
+    assert result["songs"] == len(pool) > 10
+    for key in ("recall@1", "recall@5", "recall@10", "mrr", "mean_rank"):
+        assert result["dense"][key] == pytest.approx(expected[key], abs=1e-9), key
+    for mode in ("lexical", "hybrid"):
+        assert 0 <= result[mode]["recall@1"] <= result[mode]["recall@5"] <= result[mode]["recall@10"] <= 1
+        assert 1 <= result[mode]["mean_rank"] <= len(pool)

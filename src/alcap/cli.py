@@ -352,6 +352,30 @@ def cmd_library_remove(args) -> int:
     return 0 if removed else 1
 
 
+def cmd_library_evaluate(args) -> int:
+    from .data.manifest import read_manifest
+    from .evaluate import songs_with_references
+    from .library import Library
+    from .library.store import evaluate_search
+
+    pool = songs_with_references(read_manifest(args.manifest).split(args.split))  # as `alcap evaluate` has it
+    if not pool:
+        raise ValueError(f"{args.manifest}: no {args.split} songs with reference captions")
+    with Library.open(args.library) as library:
+        result = evaluate_search(library, [s["song_id"] for s in pool], [s["references"] for s in pool],
+                                 seed=args.query_seed)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"text-to-music retrieval over {result['songs']} {args.split} songs (query seed {args.query_seed})")
+    print("| mode | R@1 | R@5 | R@10 | MRR | mean rank |\n| --- | --- | --- | --- | --- | --- |")
+    for mode in ("dense", "lexical", "hybrid"):
+        m = result[mode]
+        print(f"| {mode} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | {m['mrr']:.3f} "
+              f"| {m['mean_rank']:.1f} |")
+    return 0
+
+
 def _parse_shard(text: str) -> tuple[int, int]:
     try:
         shard, num_shards = (int(part) for part in text.split("/"))
@@ -1105,6 +1129,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("library", metavar="LIB", help="library directory")
         p.add_argument("--json", action="store_true", help="print as JSON")
         p.set_defaults(func=func)
+    p = lib.add_parser("evaluate", help="text-to-music retrieval of the three search modes (R@k, MRR)",
+                       description="The paper's text-to-music retrieval through the library's search: for each "
+                                   "song of a manifest split, one sentence of one of its reference captions "
+                                   "(seeded, as `alcap evaluate`) is the query; R@1/5/10, MRR and mean rank per "
+                                   "mode. Dense equals `alcap evaluate`'s retrieval on the same captions.")
+    p.add_argument("library", metavar="LIB", help="library directory holding the split's songs")
+    p.add_argument("--manifest", required=True, help="manifest with the songs' reference captions")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="the pool (default: test)")
+    p.add_argument("--query-seed", type=int, default=0, help="seed of the query sentences (default: 0, as alcap evaluate)")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_library_evaluate)
     p = lib.add_parser("export", help="write captions, lyrics and metadata to JSONL, CSV or Parquet")
     p.add_argument("library", metavar="LIB", help="library directory")
     p.add_argument("out", metavar="OUT", help="output file; .jsonl, .csv or .parquet")

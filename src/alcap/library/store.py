@@ -330,10 +330,20 @@ class Library:
             query = self.vectors()[found[0]].astype(np.float32)
             ranked = [(r, s) for r, s in self._dense(query, allowed) if r != found[0]]
         else:
-            dense = self._dense(self.encoder().encode([text])[0], allowed) if mode != "lexical" else []
-            lexical = self._lexical(text, where) if mode != "dense" else []
-            ranked = dense if mode == "dense" else lexical if mode == "lexical" else fuse_ranks([dense, lexical])
+            ranked = self._ranked(text, mode, allowed, where=where)
         return self._hits(ranked[:k])
+
+    def search_rows(self, text: str, mode: str, condition: str) -> list[tuple[int, float]]:
+        """(row, score) best first for `text` over the rows meeting a trusted SQL `condition`."""
+        allowed = np.array([r for (r,) in self.db.execute(f"SELECT row FROM songs WHERE {condition} ORDER BY row")],
+                           dtype=np.int64)
+        return self._ranked(text, mode, allowed, condition=condition)
+
+    def _ranked(self, text: str, mode: str, allowed: np.ndarray, where: list[str] | None = None,
+                condition: str | None = None) -> list[tuple[int, float]]:
+        dense = self._dense(self.encoder().encode([text])[0], allowed) if mode != "lexical" else []
+        lexical = self._lexical(text, where, condition) if mode != "dense" else []
+        return dense if mode == "dense" else lexical if mode == "lexical" else fuse_ranks([dense, lexical])
 
     def _rows(self, where: list[str] | None) -> np.ndarray:
         clause, params = where_clause(where)
@@ -354,12 +364,13 @@ class Library:
         order = np.lexsort((rows, -scores))  # best first; ties by row (the order songs were added)
         return [(int(rows[i]), float(scores[i])) for i in order]
 
-    def _lexical(self, text: str, where: list[str] | None) -> list[tuple[int, float]]:
+    def _lexical(self, text: str, where: list[str] | None, condition: str | None = None) -> list[tuple[int, float]]:
         """BM25 over captions, lyrics and metadata (SQLite FTS5); any word of the query may match."""
         words = fts_query(text)
         if not words:
             return []
         clause, params = where_clause(where, prefix="AND")
+        clause += f" AND {condition}" if condition else ""
         rows = self.db.execute(
             f"SELECT songs.row, bm25(songs_fts) AS rank FROM songs_fts JOIN songs ON songs.row = songs_fts.rowid "
             f"WHERE songs_fts MATCH ? {clause} ORDER BY rank, songs.row LIMIT ?", (words, *params, LEXICAL_CANDIDATES))
@@ -431,3 +442,40 @@ def _refuse_other_identity(root: Path, existing: dict, identity: dict) -> None:
         raise LibraryMismatchError(
             f"{root} was built with other models or settings, and captions must not be mixed ({detail}). "
             "Start a new library, or add with the models the library was built with.")
+
+
+def evaluate_search(library: Library, song_ids: list[str], references: list[list[str]], seed: int = 0,
+                    modes: tuple[str, ...] = MODES) -> dict:
+    """Text-to-music retrieval over the library's songs `song_ids` with the paper's queries (one
+    seeded sentence of one reference per song, as `alcap evaluate`): per mode R@1/5/10, mean
+    rank and MRR. Dense scores every song, so it uses the same tie rule as `alcap evaluate`; for
+    lexical and hybrid a song that no query word matches ranks last."""
+    from ..metrics.retrieval import DEFAULT_KS, pick_queries, retrieval_metrics
+
+    found = dict(library.db.execute(
+        f"SELECT id, row FROM songs WHERE id IN ({','.join('?' * len(song_ids))})", song_ids).fetchall())
+    missing = [s for s in song_ids if s not in found]
+    if missing:
+        raise LibraryError(f"{len(missing)} songs of the pool are not in the library, e.g. {missing[0]!r}")
+    rows = np.array([found[s] for s in song_ids], dtype=np.int64)
+    queries = pick_queries(references, seed)
+    out = {"songs": len(song_ids), "query_seed": seed}
+    if "dense" in modes:
+        q = library.encoder().encode(queries)
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        out["dense"] = retrieval_metrics(q @ library.vectors()[rows].astype(np.float32).T)
+    pool = {int(r): i for i, r in enumerate(rows)}
+    ids = ",".join(map(str, rows.tolist()))
+    for mode in [m for m in modes if m != "dense"]:
+        ranks = []
+        for i, query in enumerate(queries):
+            ranked = [r for r, _ in library.search_rows(query, mode, f"songs.row IN ({ids})") if r in pool]
+            ranks.append(ranked.index(int(rows[i])) + 1 if int(rows[i]) in ranked else len(rows))
+        ranks = np.array(ranks, dtype=np.float64)
+        metrics = {"songs": len(rows)}
+        for k in DEFAULT_KS:
+            metrics[f"recall@{k}"] = float((ranks <= k).mean())
+            metrics[f"precision@{k}"] = metrics[f"recall@{k}"] / k
+        metrics.update({"mean_rank": float(ranks.mean()), "mrr": float((1.0 / ranks).mean())})
+        out[mode] = metrics
+    return out
