@@ -29,6 +29,7 @@ _EXPORTS = {
     "AlcapModel": "alcap.model.captioner",
     "AlcapConfig": "alcap.model.captioner",
     "Captioner": "alcap.inference",
+    "Library": "alcap.library",
     "load_config": "alcap.config",
 }
 
