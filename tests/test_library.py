@@ -260,3 +260,14 @@ def test_dense_search_retrieval_equals_alcap_evaluates_on_the_same_captions(song
     for mode in ("lexical", "hybrid"):
         assert 0 <= result[mode]["recall@1"] <= result[mode]["recall@5"] <= result[mode]["recall@10"] <= 1
         assert 1 <= result[mode]["mean_rank"] <= len(pool)
+
+
+def test_shards_split_the_sources_into_disjoint_parts_that_cover_them(songs_dir, tiny_models, tmp_path, capsys):
+    folder, _ = songs_dir
+    ids = []
+    for k in range(3):
+        code, report = add(capsys, tmp_path / f"lib-{k}", tiny_models["lyrics"], folder, extra=["--shard", f"{k}/3"])
+        assert code == 0 and report["added"] == 10
+        with Library.open(tmp_path / f"lib-{k}") as library:
+            ids += [s.path for s in library.songs()]
+    assert sorted(ids) == sorted(str(f) for f in audio_files(folder))  # each file in exactly one shard
