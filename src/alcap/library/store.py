@@ -149,10 +149,6 @@ class Library:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _rows_in_matrix(self) -> int:
-        path = self.root / VECTORS_FILE
-        return path.stat().st_size // (self.dim * DTYPE.itemsize) if path.exists() else 0
-
     def _drop_uncommitted_vectors(self) -> None:
         """Vectors beyond the last committed batch (a writer killed between its two writes) go."""
         committed = int(self._meta("rows", 0))
@@ -268,7 +264,7 @@ class Library:
     def info(self) -> dict:
         rows = int(self._meta("rows", 0))
         songs = len(self)
-        return {"library": str(self.root), "songs": songs, "failures": len(self.failures()),
+        return {"library": str(self.root), "songs": songs, "failures": self.db.execute("SELECT count(*) FROM failures").fetchone()[0],
                 "vector_rows": rows, "unused_rows": rows - songs, "dim": self.dim,
                 "size_bytes": sum(p.stat().st_size for p in self.root.iterdir() if p.is_file()),
                 "identity": self.identity}
