@@ -115,7 +115,6 @@ class AddReport:
 
 def library_identity(captioner, model_dir: str | Path, sentence_model: str | None, dim: int) -> dict:
     """What the library's captions and vectors depend on; adding with anything else is refused."""
-    from .. import __version__
     from ..model.captioner import model_directory
 
     weights = model_directory(model_dir) / "model.safetensors"
@@ -127,7 +126,6 @@ def library_identity(captioner, model_dir: str | Path, sentence_model: str | Non
         "generation": generation,
         # The packaged default is named, not located: its path differs from one environment to the next.
         "sentence_model": {"name": sentence_model or "all-MiniLM-L6-v2 (packaged)", "path": sentence_model, "dim": dim},
-        "created_by": f"alcap {__version__}",
     }
 
 
@@ -149,7 +147,7 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str], sente
     captioner = Captioner.from_pretrained(model_dir, device=device)
     captioner.generation = captioner.generation.with_overrides(batch_size=batch_size)
     encoder = SentenceEncoder(sentence_model, device=str(captioner.device))
-    dim = int(encoder.encode(["a song"]).shape[1])
+    dim = int(encoder.model.get_embedding_dimension())
     identity = library_identity(captioner, model_dir, sentence_model, dim)
     report = AddReport(library=str(root), sources=len(items), notes=notes)
     started = time.perf_counter()

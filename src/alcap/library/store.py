@@ -318,26 +318,24 @@ class Library:
             raise LibraryError("search needs a description or --like SONG_ID (one of the two)")
         if k < 1:
             raise LibraryError(f"k must be at least 1, got {k}")
-        allowed = self._rows(where)
         if like is not None:
             found = self.db.execute("SELECT row FROM songs WHERE id = ?", (like,)).fetchone()
             if found is None:
                 raise LibraryError(f"{self.root}: no song with id {like!r} (`alcap library export` lists them)")
             query = self.vectors()[found[0]].astype(np.float32)
-            ranked = [(r, s) for r, s in self._dense(query, allowed) if r != found[0]]
+            ranked = [(r, s) for r, s in self._dense(query, self._rows(where)) if r != found[0]]
         else:
+            allowed = self._rows(where) if mode != "lexical" else None  # lexical filters in its own SQL
             ranked = self._ranked(text, mode, allowed, where=where)
         return self._hits(ranked[:k])
 
-    def search_rows(self, text: str, mode: str, condition: str) -> list[tuple[int, float]]:
-        """(row, score) best first for `text` over the rows meeting a trusted SQL `condition`."""
-        allowed = np.array([r for (r,) in self.db.execute(f"SELECT row FROM songs WHERE {condition} ORDER BY row")],
-                           dtype=np.int64)
-        return self._ranked(text, mode, allowed, condition=condition)
-
-    def _ranked(self, text: str, mode: str, allowed: np.ndarray, where: list[str] | None = None,
-                condition: str | None = None) -> list[tuple[int, float]]:
-        dense = self._dense(self.encoder().encode([text])[0], allowed) if mode != "lexical" else []
+    def _ranked(self, text: str, mode: str, allowed: np.ndarray | None, where: list[str] | None = None,
+                condition: str | None = None, query: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """`text`'s ranking by `mode` over the `allowed` rows (dense) and the rows meeting `where`
+        and a trusted SQL `condition` (lexical); `query` is text's sentence vector where known."""
+        dense = []
+        if mode != "lexical":
+            dense = self._dense(self.encoder().encode([text])[0] if query is None else query, allowed)
         lexical = self._lexical(text, where, condition) if mode != "dense" else []
         return dense if mode == "dense" else lexical if mode == "lexical" else fuse_ranks([dense, lexical])
 
@@ -456,16 +454,16 @@ def evaluate_search(library: Library, song_ids: list[str], references: list[list
     rows = np.array([found[s] for s in song_ids], dtype=np.int64)
     queries = pick_queries(references, seed)
     out = {"songs": len(song_ids), "query_seed": seed}
+    q = library.encoder().encode(queries)  # once, for dense and hybrid
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     if "dense" in modes:
-        q = library.encoder().encode(queries)
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         out["dense"] = retrieval_metrics(q @ library.vectors()[rows].astype(np.float32).T)
-    pool = {int(r): i for i, r in enumerate(rows)}
-    ids = ",".join(map(str, rows.tolist()))
+    ordered = np.sort(rows)
+    condition = f"songs.row IN ({','.join(map(str, ordered.tolist()))})"
     for mode in [m for m in modes if m != "dense"]:
         ranks = []
-        for i, query in enumerate(queries):
-            ranked = [r for r, _ in library.search_rows(query, mode, f"songs.row IN ({ids})") if r in pool]
+        for i, text in enumerate(queries):
+            ranked = [r for r, _ in library._ranked(text, mode, ordered, condition=condition, query=q[i])]
             ranks.append(ranked.index(int(rows[i])) + 1 if int(rows[i]) in ranked else len(rows))
         ranks = np.array(ranks, dtype=np.float64)
         metrics = {"songs": len(rows)}
