@@ -168,3 +168,16 @@ def test_jobs_must_be_a_whole_number_of_at_least_one(capsys):
             main(["experiment", "configs/demo.yaml", "--jobs", bad])
         assert exit_info.value.code == 2
         assert f"--jobs: expected a whole number of at least 1, got '{bad}'" in capsys.readouterr().err
+
+
+def test_help_of_every_command_imports_no_torch():
+    """`alcap --help` and each command's --help answer at once: no torch, transformers or numpy import."""
+    paths = [" ".join(path) for path, _ in all_subparsers(build_parser())]
+    script = ("import sys\nfrom alcap.cli import main\nfor argv in sys.argv[1:]:\n"
+              "    try:\n        main([*argv.split(), '--help'] if argv else ['--help'])\n"
+              "    except SystemExit:\n        pass\n"
+              "heavy = sorted(m for m in ('torch', 'transformers', 'numpy', 'sentence_transformers') if m in sys.modules)\n"
+              "print('HEAVY', heavy, file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", script, "", *paths], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in done.stderr
+    assert done.stdout.count("usage: alcap") == len(paths) + 1
