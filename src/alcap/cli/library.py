@@ -31,9 +31,18 @@ def add_library(sub) -> None:
     p.add_argument("--workers", type=int, default=2, metavar="N", help="decoding worker processes; 0 decodes in the main process (default: 2)")
     p.add_argument("--limit", type=positive_int, metavar="N", help="add at most N of the sources' songs")
     p.add_argument("--shard", metavar="K/N", help="only shard K of N (0-based) of the sources' files, for one machine of N")
+    _index_arg(p, "--index")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_library_add)
+    p = lib.add_parser("index", help="build, update or drop the approximate (FAISS) vector index",
+                       description="Bring the library's vector index up to date now, as POLICY says (see "
+                                   "`library add --index`); prints the index's state and its measured recall@10.")
+    p.add_argument("library", metavar="LIB", help="library directory")
+    _index_arg(p, "policy")
+    p.add_argument("--json", action="store_true", help="print the index state as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_library_index)
     p = lib.add_parser("search", help="find songs by description (hybrid: dense + BM25), or like another song",
                        description="Rank the library's songs for a description. dense: Sentence-BERT query vs "
                                    "caption vectors, cosine (the paper's text-to-music retrieval); lexical: BM25 "
@@ -47,6 +56,8 @@ def add_library(sub) -> None:
                    help="keep songs matching KEY OP VALUE (OP: = != < <= > >=; KEY: duration, path, id or a "
                         "metadata column), e.g. --where duration<200 --where genre=rock; repeatable (all must hold)")
     p.add_argument("--like", metavar="SONG_ID", help="songs whose captions are like this song's (instead of TEXT)")
+    p.add_argument("--exact", action="store_true",
+                   help="exact search over every vector even where the library has an approximate index")
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.set_defaults(func=cmd_library_search)
     for name, func, text in (("info", cmd_library_info, "what a library holds and how it was built"),
@@ -76,12 +87,27 @@ def add_library(sub) -> None:
     p.set_defaults(func=cmd_library_remove)
 
 
+def _index_arg(parser, name: str) -> None:
+    from ..library.index import AUTO_ROWS
+
+    text = (f"auto: exact search, and an approximate FAISS index (IVF, float16) once the library has "
+            f"{AUTO_ROWS:,} songs; faiss: the index at any size; exact: no index (removes one). The choice is "
+            "kept in the library")
+    if name.startswith("--"):
+        parser.add_argument(name, choices=("auto", "exact", "faiss"), metavar="POLICY",
+                            help=text + " (default: the library's choice, auto for a new library)")
+    else:
+        parser.add_argument(name, nargs="?", choices=("auto", "exact", "faiss"), metavar="POLICY",
+                            help=text + " (default: the library's choice)")
+
+
 def cmd_library_add(args) -> int:
     from ..library.build import add_songs
 
     report = add_songs(args.library, args.model, args.sources, sentence_model=args.sentence_model, device=args.device,
                        batch_size=args.batch_size or 16, workers=args.workers, limit=args.limit,
-                       shard=parse_shard(args.shard) if args.shard else None, progress=not args.quiet)
+                       shard=parse_shard(args.shard) if args.shard else None, index=args.index,
+                       progress=not args.quiet)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
@@ -90,6 +116,7 @@ def cmd_library_add(args) -> int:
         print(f"library {report.library}: {report.added} songs added, {report.skipped} already there, "
               f"{report.failed} failed, in {report.seconds:.1f} s"
               + (f"; `alcap library failures {report.library}` lists why" if report.failed else ""))
+        print(f"search: {describe_index(report.index)}")
     return 0 if report.failed == 0 else 1
 
 
@@ -97,7 +124,8 @@ def cmd_library_search(args) -> int:
     from ..library import Library
 
     with Library.open(args.library) as library:
-        hits = library.search(args.query, k=args.top, mode=args.mode, where=args.where, like=args.like)
+        hits = library.search(args.query, k=args.top, mode=args.mode, where=args.where, like=args.like,
+                              exact=args.exact)
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
         return 0
@@ -121,8 +149,32 @@ def cmd_library_info(args) -> int:
           f"{info['size_bytes'] / 2**20:.1f} MiB")
     print(f"  captioning model: weights sha256 {model['weights_sha256'][:16]}, music encoder "
           f"{(model['music_encoder_sha256'] or 'none (lyrics only)')[:16]}")
-    print(f"  sentence model: {info['identity']['sentence_model']['name']} ({info['dim']}-d); search: exact over "
+    print(f"  sentence model: {info['identity']['sentence_model']['name']} ({info['dim']}-d); "
           f"{info['vector_rows']} vector rows ({info['unused_rows']} unused, of removed songs)")
+    print(f"  search: {describe_index(info['index'])}")
+    return 0
+
+
+def describe_index(index: dict) -> str:
+    if index["kind"] == "exact":
+        return (f"exact (index policy {index['policy']}: an approximate index is built from "
+                f"{index['auto_rows']:,} songs on)" if index["policy"] == "auto" else
+                f"exact (index policy {index['policy']})")
+    recall = index.get("recall@10")
+    measured = (f"recall@10 {recall:.3f} against exact search on {index.get('recall_queries')} library vectors"
+                if recall is not None else "recall@10 not measured for this state; `alcap library index` measures it")
+    stale = f", {index['unindexed_rows']} newer rows searched exactly" if index.get("unindexed_rows") else ""
+    return (f"{index['kind']} over {index['indexed_rows']} rows ({index['nlist']} lists, nprobe {index['nprobe']}; "
+            f"{measured}{stale}; policy {index['policy']})")
+
+
+def cmd_library_index(args) -> int:
+    from ..library import Library
+
+    with Library.open(args.library, write=True) as library:
+        library.update_index(args.policy, progress=not args.quiet)
+        info = library.info()["index"]
+    print(json.dumps(info, indent=2) if args.json else f"library {args.library}: search {describe_index(info)}")
     return 0
 
 

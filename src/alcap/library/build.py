@@ -108,6 +108,7 @@ class AddReport:
     failed: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    index: dict = field(default_factory=dict)  # how the library is searched after the run (`info`'s "index")
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "songs_per_second": round(self.added / self.seconds, 3) if self.seconds else 0.0}
@@ -131,8 +132,10 @@ def library_identity(captioner, model_dir: str | Path, sentence_model: str | Non
 
 def add_songs(root: str | Path, model_dir: str | Path, sources: list[str], sentence_model: str | None = None,
               device: str = "auto", batch_size: int = 16, workers: int = 2, limit: int | None = None,
-              shard: tuple[int, int] | None = None, progress: bool = True) -> AddReport:
-    """Caption every new or changed song of `sources` into the library at `root` (created if missing)."""
+              shard: tuple[int, int] | None = None, index: str | None = None, progress: bool = True) -> AddReport:
+    """Caption every new or changed song of `sources` into the library at `root` (created if
+    missing), then bring its vector index up to date (`index`: auto, exact or faiss; None keeps
+    the library's choice, auto for a new one)."""
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
@@ -177,6 +180,8 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str], sente
                 report.added += _caption_batch(library, captioner, encoder, good, known, by_path, report)
                 bar.update(len(batch))
                 bar.set_postfix(added=report.added, failed=report.failed)
+            bar.close()
+            report.index = library.update_index(index, progress=progress)
         finally:
             bar.close()
             report.seconds = round(time.perf_counter() - started, 3)

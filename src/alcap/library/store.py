@@ -5,6 +5,7 @@ for the caption vectors.
                          songs_fts (FTS5 over caption, lyrics, metadata; rowid = row),
                          failures(path, id, reason, time), meta(key, value)
     LIB/vectors.f16      row r of the matrix is the unit-length caption vector of songs.row = r
+    LIB/index.faiss      optional approximate index of the matrix rows (index.py), with index.faiss.json
 
 Crash safety comes from the order of writes: a batch's vectors are appended and fsynced first,
 then its rows are committed in one transaction. A kill between the two leaves vectors beyond
@@ -25,6 +26,7 @@ import numpy as np
 
 from ..data.store import StoreError, WriterLock, _sync
 from ..utils import nested_differences
+from .index import AUTO_ROWS, INDEX_FILE as INDEX_NAME, POLICIES, VectorIndex, exact_top
 
 DB_FILE = "library.sqlite"
 VECTORS_FILE = "vectors.f16"
@@ -92,6 +94,7 @@ class Library:
         self.root, self.db, self.identity, self._lock = root, db, identity, lock
         self.dim = int(identity["sentence_model"]["dim"])
         self._encoder = None
+        self._index: VectorIndex | None | bool = False  # False: not loaded yet
 
     # ------------------------------------------------------------------ opening
 
@@ -137,6 +140,14 @@ class Library:
             if lock is not None:
                 lock.close()
             raise
+
+    @classmethod
+    def add(cls, root: str | Path, sources: list[str], model: str | Path, **options):
+        """Caption the new or changed songs of `sources` into the library at `root` (created if
+        missing); `options` as `alcap.library.build.add_songs`. Returns its AddReport."""
+        from .build import add_songs
+
+        return add_songs(root, model, [str(s) for s in sources], **options)
 
     def close(self) -> None:
         self.db.close()
@@ -211,6 +222,44 @@ class Library:
             with self.db:
                 self.db.executemany("DELETE FROM failures WHERE path = ?", [(p,) for p in paths])
 
+    def index_policy(self) -> str:
+        return self._meta("index_policy", "auto")
+
+    def update_index(self, policy: str | None = None, progress: bool = False) -> dict:
+        """Bring the approximate index up to date with the committed rows, as `policy` says:
+        auto builds it from AUTO_ROWS live songs on, faiss always, exact never (and drops one).
+        The index is derived data: a kill here loses nothing, the next add redoes it."""
+        if self._lock is None:
+            raise LibraryError(f"{self.root}: opened for reading; open it with write=True to index it")
+        if policy is not None:
+            if policy not in POLICIES:
+                raise LibraryError(f"unknown index {policy!r}: one of {', '.join(POLICIES)}")
+            with self.db:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('index_policy', ?)", (policy,))
+        policy = self.index_policy()
+        live_rows = self._rows(None)
+        index = VectorIndex.load(self.root)
+        if policy == "exact" or (policy == "auto" and len(live_rows) < AUTO_ROWS and index is None):
+            for name in (INDEX_NAME, INDEX_NAME + ".json"):
+                (self.root / name).unlink(missing_ok=True)
+            self._index = None
+        elif len(live_rows):
+            matrix = self.vectors()
+            if index is None or index.needs_retraining(len(matrix)):
+                index = VectorIndex.build(matrix, progress=progress)
+                index.tune(matrix, live_rows)
+            elif index.extend(matrix, progress=progress) or index.meta.get("recall@10") is None:
+                index.tune(matrix, live_rows)
+            index.save(self.root)
+            self._index = index
+        return self._index_info(int(self._meta("rows", 0)))
+
+    def index(self) -> VectorIndex | None:
+        """The approximate index, if the library has one (loaded on first use)."""
+        if self._index is False:
+            self._index = VectorIndex.load(self.root)
+        return self._index
+
     def add_failure(self, path: str, reason: str, song_id: str | None = None) -> None:
         self.db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)", (path, song_id, reason, _now()))
 
@@ -259,7 +308,8 @@ class Library:
         rows = int(self._meta("rows", 0))
         if rows == 0:
             return np.zeros((0, self.dim), dtype=DTYPE)
-        return np.memmap(self.root / VECTORS_FILE, dtype=DTYPE, mode="r", shape=(rows, self.dim))
+        # copy-on-write: torch takes it without a copy (it refuses read-only arrays); the file never changes
+        return np.memmap(self.root / VECTORS_FILE, dtype=DTYPE, mode="c", shape=(rows, self.dim))
 
     def info(self) -> dict:
         rows = int(self._meta("rows", 0))
@@ -267,7 +317,15 @@ class Library:
         return {"library": str(self.root), "songs": songs, "failures": self.db.execute("SELECT count(*) FROM failures").fetchone()[0],
                 "vector_rows": rows, "unused_rows": rows - songs, "dim": self.dim,
                 "size_bytes": sum(p.stat().st_size for p in self.root.iterdir() if p.is_file()),
-                "identity": self.identity}
+                "index": self._index_info(rows), "identity": self.identity}
+
+    def _index_info(self, rows: int) -> dict:
+        index = self.index()
+        info = {"policy": self.index_policy(), "auto_rows": AUTO_ROWS}
+        if index is None:
+            return {**info, "kind": "exact"}
+        meta = {k: v for k, v in index.meta.items() if k != "rows"}
+        return {**info, **meta, "indexed_rows": index.rows, "unindexed_rows": rows - index.rows}
 
     def export(self, path: str | Path) -> int:
         """Captions, lyrics and metadata of every song to JSONL, CSV or Parquet (by the suffix)."""
@@ -309,9 +367,10 @@ class Library:
         return self._encoder
 
     def search(self, text: str | None = None, k: int = 10, mode: str = "hybrid", where: list[str] | None = None,
-               like: str | None = None) -> list[Hit]:
+               like: str | None = None, exact: bool = False) -> list[Hit]:
         """The k best songs for a description (`text`) or like another song (`like`, by its caption
-        vector: dense only). `where`: filters such as "duration<200" or "genre=rock"."""
+        vector: dense only). `where`: filters such as "duration<200" or "genre=rock". `exact`:
+        never the approximate index."""
         if mode not in MODES:
             raise LibraryError(f"unknown search mode {mode!r}: one of {', '.join(MODES)}")
         if (text is None) == (like is None):
@@ -323,42 +382,70 @@ class Library:
             if found is None:
                 raise LibraryError(f"{self.root}: no song with id {like!r} (`alcap library export` lists them)")
             query = self.vectors()[found[0]].astype(np.float32)
-            ranked = [(r, s) for r, s in self._dense(query, self._rows(where)) if r != found[0]]
+            allowed = self._rows(where) if where else None
+            ranked = [(r, s) for r, s in self._dense(query, allowed, k + 1, exact=exact) if r != found[0]]
         else:
-            allowed = self._rows(where) if mode != "lexical" else None  # lexical filters in its own SQL
-            ranked = self._ranked(text, mode, allowed, where=where)
+            allowed = self._rows(where) if where and mode != "lexical" else None  # lexical filters in its own SQL
+            ranked = self._ranked(text, mode, allowed, where=where, depth=k, exact=exact)
         return self._hits(ranked[:k])
 
     def _ranked(self, text: str, mode: str, allowed: np.ndarray | None, where: list[str] | None = None,
-                condition: str | None = None, query: np.ndarray | None = None) -> list[tuple[int, float]]:
-        """`text`'s ranking by `mode` over the `allowed` rows (dense) and the rows meeting `where`
-        and a trusted SQL `condition` (lexical); `query` is text's sentence vector where known."""
+                condition: str | None = None, query: np.ndarray | None = None, depth: int = 10,
+                exact: bool = False) -> list[tuple[int, float]]:
+        """`text`'s best `depth` rows by `mode` (hybrid fuses the best LEXICAL_CANDIDATES of each)
+        over the `allowed` rows (dense; None: all) and the rows meeting `where` and a trusted SQL
+        `condition` (lexical); `query` is text's sentence vector where known."""
+        each = depth if mode != "hybrid" else max(depth, LEXICAL_CANDIDATES)
         dense = []
         if mode != "lexical":
-            dense = self._dense(self.encoder().encode([text])[0] if query is None else query, allowed)
-        lexical = self._lexical(text, where, condition) if mode != "dense" else []
-        return dense if mode == "dense" else lexical if mode == "lexical" else fuse_ranks([dense, lexical])
+            vector = self.encoder().encode([text])[0] if query is None else query
+            dense = self._dense(vector, allowed, each, exact=exact)
+        lexical = self._lexical(text, where, condition, limit=each) if mode != "dense" else []
+        ranked = dense if mode == "dense" else lexical if mode == "lexical" else fuse_ranks([dense, lexical])
+        return ranked[:depth]
 
     def _rows(self, where: list[str] | None) -> np.ndarray:
         clause, params = where_clause(where)
         return np.array([r for (r,) in self.db.execute(f"SELECT row FROM songs {clause} ORDER BY row", params)],
                         dtype=np.int64)
 
-    def _dense(self, query: np.ndarray, rows: np.ndarray) -> list[tuple[int, float]]:
-        """Exact cosine ranking of `rows` (the stored vectors have unit length)."""
-        if len(rows) == 0:
-            return []
+    def _live(self, rows: list[int]) -> set[int]:
+        """Which of `rows` belong to songs (the others are rows of removed songs)."""
+        live = set()
+        for start in range(0, len(rows), 10000):
+            part = rows[start:start + 10000]
+            live.update(r for (r,) in self.db.execute(
+                f"SELECT row FROM songs WHERE row IN ({','.join('?' * len(part))})", part))
+        return live
+
+    def _dense(self, query: np.ndarray, allowed: np.ndarray | None, depth: int,
+               exact: bool = False) -> list[tuple[int, float]]:
+        """The best `depth` rows by cosine (stored vectors have unit length) among `allowed`
+        (None: every song), exactly or through the approximate index when there is one."""
         query = np.asarray(query, dtype=np.float32)
         query = query / max(float(np.linalg.norm(query)), 1e-12)
         matrix = self.vectors()
-        scores = np.empty(len(rows), dtype=np.float32)
-        for start in range(0, len(rows), 65536):  # bounded memory: float32 copies of a slice at a time
-            chunk = rows[start:start + 65536]
-            scores[start:start + len(chunk)] = matrix[chunk].astype(np.float32) @ query
-        order = np.lexsort((rows, -scores))  # best first; ties by row (the order songs were added)
-        return [(int(rows[i]), float(scores[i])) for i in order]
+        if allowed is not None:
+            rows, scores = exact_top(matrix, query, depth, allowed)
+            return list(zip(rows.tolist(), scores.tolist()))
+        index = None if exact else self.index()
+        want = depth
+        while True:  # rows of removed songs are dropped, so ask for more until `depth` are left
+            if index is not None and index.rows:
+                candidates = index.search(query[None], min(want, index.rows))[0]
+                tail = np.arange(index.rows, len(matrix), dtype=np.int64)  # added since the index was updated
+                candidates += exact_top(matrix, query, want, tail)[0].tolist()
+                rows, scores = exact_top(matrix, query, want, np.array(sorted(candidates), dtype=np.int64))
+            else:
+                rows, scores = exact_top(matrix, query, want)
+            live = self._live(rows.tolist())
+            ranked = [(r, s) for r, s in zip(rows.tolist(), scores.tolist()) if r in live]
+            if len(ranked) >= depth or want >= len(matrix):
+                return ranked[:depth]
+            want = min(len(matrix), want * 4)
 
-    def _lexical(self, text: str, where: list[str] | None, condition: str | None = None) -> list[tuple[int, float]]:
+    def _lexical(self, text: str, where: list[str] | None, condition: str | None = None,
+                 limit: int = LEXICAL_CANDIDATES) -> list[tuple[int, float]]:
         """BM25 over captions, lyrics and metadata (SQLite FTS5); any word of the query may match."""
         words = fts_query(text)
         if not words:
@@ -367,7 +454,7 @@ class Library:
         clause += f" AND {condition}" if condition else ""
         rows = self.db.execute(
             f"SELECT songs.row, bm25(songs_fts) AS rank FROM songs_fts JOIN songs ON songs.row = songs_fts.rowid "
-            f"WHERE songs_fts MATCH ? {clause} ORDER BY rank, songs.row LIMIT ?", (words, *params, LEXICAL_CANDIDATES))
+            f"WHERE songs_fts MATCH ? {clause} ORDER BY rank, songs.row LIMIT ?", (words, *params, limit))
         return [(int(r), -float(rank)) for r, rank in rows]
 
     def _hits(self, ranked: list[tuple[int, float]]) -> list[Hit]:
@@ -463,7 +550,8 @@ def evaluate_search(library: Library, song_ids: list[str], references: list[list
     for mode in [m for m in modes if m != "dense"]:
         ranks = []
         for i, text in enumerate(queries):
-            ranked = [r for r, _ in library._ranked(text, mode, ordered, condition=condition, query=q[i])]
+            ranked = [r for r, _ in library._ranked(text, mode, ordered, condition=condition, query=q[i],
+                                                    depth=len(ordered))]
             ranks.append(ranked.index(int(rows[i])) + 1 if int(rows[i]) in ranked else len(rows))
         ranks = np.array(ranks, dtype=np.float64)
         metrics = {"songs": len(rows)}
