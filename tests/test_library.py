@@ -271,3 +271,51 @@ def test_shards_split_the_sources_into_disjoint_parts_that_cover_them(songs_dir,
         with Library.open(tmp_path / f"lib-{k}") as library:
             ids += [s.path for s in library.songs()]
     assert sorted(ids) == sorted(str(f) for f in audio_files(folder))  # each file in exactly one shard
+
+
+def library_state(root):
+    """id -> (caption, vector bytes): what must survive a merge or equal another build."""
+    with Library.open(root) as library:
+        matrix = library.vectors()
+        return {s.id: (s.caption, s.lyrics, matrix[s.row].tobytes()) for s in library.songs()}
+
+
+def test_merged_shards_equal_one_library_and_other_models_are_refused(songs_dir, tiny_models, tmp_path, capsys):
+    folder, _ = songs_dir
+    for k in range(2):
+        assert add(capsys, tmp_path / f"shard-{k}", tiny_models["lyrics"], folder, extra=["--shard", f"{k}/2"])[0] == 0
+    assert add(capsys, tmp_path / "whole", tiny_models["lyrics"], folder)[0] == 0
+    out = tmp_path / "merged"
+    code = main(["library", "merge", str(out), str(tmp_path / "shard-0"), str(tmp_path / "shard-1"), "--json", "--quiet"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary == {"copied": 30, "duplicates": 0, "already_in_output": 0, "failures": 0, "songs": 30}
+    assert library_state(out) == library_state(tmp_path / "whole")  # same captions, vectors bit for bit
+    code = main(["library", "merge", str(out), str(tmp_path / "shard-1"), "--json", "--quiet"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["already_in_output"] == 15
+
+    add(capsys, tmp_path / "music", tiny_models["music"], audio_files(folder)[0])
+    code = main(["library", "merge", str(out), str(tmp_path / "music"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "was built with other models or settings" in err and "uses_music" in err
+    assert len(library_state(out)) == 30
+
+
+def test_recaption_redoes_every_song_with_the_new_model(songs_dir, tiny_models, tmp_path, capsys):
+    folder, _ = songs_dir
+    files = audio_files(folder)[:6]
+    lib, direct = tmp_path / "lib", tmp_path / "direct"
+    add(capsys, lib, tiny_models["lyrics"], *files)
+    add(capsys, direct, tiny_models["music"], *files)
+    before = library_state(lib)
+    with Library.open(lib) as library:
+        old_identity = library.identity
+    lib.rename(tmp_path / "lib.replaced")  # as if killed while swapping the directories: recaption recovers
+    code = main(["library", "recaption", str(lib), "--model", str(tiny_models["music"]), "--device", "cpu",
+                 "--workers", "0", "--quiet", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["added"] == 6
+    after = library_state(lib)
+    assert after == library_state(direct) and after.keys() == before.keys()
+    with Library.open(lib) as library, Library.open(direct) as other:
+        assert library.identity == other.identity != old_identity  # built with the music model now
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["direct", "lib"]  # nothing left beside it

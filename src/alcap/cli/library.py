@@ -35,6 +35,32 @@ def add_library(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_library_add)
+    p = lib.add_parser("recaption", help="caption every song again with another model (replaces the library when done)",
+                       description="Redo all songs of LIB with MODEL_DIR (and, if given, another sentence model): "
+                                   "the new captions are built into LIB.recaption beside it, resumable like `add`, "
+                                   "and replace LIB only once every song is in; until then LIB stays as it was and "
+                                   "locked against adds. Songs keep their ids, paths, lyrics and metadata.")
+    p.add_argument("library", metavar="LIB", help="library directory")
+    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="the new captioning model")
+    p.add_argument("--sentence-model", metavar="NAME_OR_DIR",
+                   help="sentence-transformers model for the new caption vectors (default: the packaged all-MiniLM-L6-v2)")
+    add_device_arg(p)
+    p.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="songs per batch (default: 16)")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="decoding worker processes (default: 2)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_library_recaption)
+    p = lib.add_parser("merge", help="join libraries built with the same models (e.g. the shards of `add --shard`)",
+                       description="Copy the songs of the SOURCE libraries into OUT (created, or added to). All must "
+                                   "have been built with the same captioning model, generation settings and "
+                                   "sentence model; a song in several is taken from the first. Vectors are copied "
+                                   "as stored; failures are carried over unless the file was captioned elsewhere. "
+                                   "README, Song library, shows a Slurm array that builds the shards.")
+    p.add_argument("out", metavar="OUT", help="the merged library directory")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="library directories to copy from")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_library_merge)
     p = lib.add_parser("index", help="build, update or drop the approximate (FAISS) vector index",
                        description="Bring the library's vector index up to date now, as POLICY says (see "
                                    "`library add --index`); prints the index's state and its measured recall@10.")
@@ -166,6 +192,32 @@ def describe_index(index: dict) -> str:
     stale = f", {index['unindexed_rows']} newer rows searched exactly" if index.get("unindexed_rows") else ""
     return (f"{index['kind']} over {index['indexed_rows']} rows ({index['nlist']} lists, nprobe {index['nprobe']}; "
             f"{measured}{stale}; policy {index['policy']})")
+
+
+def cmd_library_recaption(args) -> int:
+    from ..library.build import recaption
+
+    report = recaption(args.library, args.model, sentence_model=args.sentence_model, device=args.device,
+                       batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"library {report.library}: {report.added + report.skipped} songs captioned with {args.model} "
+              f"({report.skipped} of them by an earlier, interrupted run) in {report.seconds:.1f} s")
+    return 0
+
+
+def cmd_library_merge(args) -> int:
+    from ..library.store import merge_libraries
+
+    summary = merge_libraries(args.out, args.sources, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"merged {len(args.sources)} libraries into {args.out}: {summary['songs']} songs "
+              f"({summary['copied']} copied, {summary['already_in_output']} already there, "
+              f"{summary['duplicates']} duplicates skipped, {summary['failures']} failures carried over)")
+    return 0
 
 
 def cmd_library_index(args) -> int:

@@ -23,7 +23,7 @@ from ..data.embed import _decoding_worker, shard_of
 from ..data.lyrics import sidecar_lyrics
 from ..data.manifest import FORMATS, ManifestError, read_manifest
 from ..utils import file_sha256
-from .store import Library, Song
+from .store import Library, LibraryError, Song
 
 # First bytes of the audio formats the decoder reads: WAV, AIFF, FLAC, Ogg, MP3 (ID3 tag or a frame).
 _MAGIC = (b"RIFF", b"FORM", b"fLaC", b"OggS", b"ID3")
@@ -47,11 +47,14 @@ class SourceItem:
     metadata: dict = field(default_factory=dict)
 
 
-def expand_sources(sources: list[str]) -> tuple[list[SourceItem], list[str]]:
+def expand_sources(sources: list[str | SourceItem]) -> tuple[list[SourceItem], list[str]]:
     """Audio files, directories (recursive, audio by content) and manifests -> items, plus
-    one-line notes on what was left out (bad manifest rows)."""
+    one-line notes on what was left out (bad manifest rows). Items pass through as they are."""
     items, notes = [], []
     for source in sources:
+        if isinstance(source, SourceItem):
+            items.append(source)
+            continue
         path = Path(source)
         if path.is_dir():
             items += [SourceItem(str(f)) for f in sorted(path.rglob("*")) if f.is_file() and looks_like_audio(f)]
@@ -130,7 +133,7 @@ def library_identity(captioner, model_dir: str | Path, sentence_model: str | Non
     }
 
 
-def add_songs(root: str | Path, model_dir: str | Path, sources: list[str], sentence_model: str | None = None,
+def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | SourceItem], sentence_model: str | None = None,
               device: str = "auto", batch_size: int = 16, workers: int = 2, limit: int | None = None,
               shard: tuple[int, int] | None = None, index: str | None = None, progress: bool = True) -> AddReport:
     """Caption every new or changed song of `sources` into the library at `root` (created if
@@ -219,3 +222,44 @@ def _caption_batch(library: Library, captioner, encoder, good: list, known: dict
         known[song.id] = song.sha256
         by_path[song.path] = song.id
     return len(songs)
+
+
+def recaption(root: str | Path, model_dir: str | Path, sentence_model: str | None = None, device: str = "auto",
+              batch_size: int = 16, workers: int = 2, progress: bool = True) -> AddReport:
+    """Caption every song of the library again with another model (and sentence model), into a
+    new library beside it (LIB.recaption, resumable), which replaces LIB only once every song is
+    in it. Songs keep their ids, paths, lyrics and metadata; the library is locked meanwhile."""
+    import os
+    import shutil
+
+    root = Path(root)
+    fresh, old = root.with_name(root.name + ".recaption"), root.with_name(root.name + ".replaced")
+    if old.is_dir():  # a run killed while swapping the two directories
+        if (root / "library.sqlite").is_file():
+            shutil.rmtree(old)  # the swap was done; only the clean-up was not
+        else:
+            os.replace(old, root)  # back to the original; the redone songs are still in `fresh`
+    with Library.open(root, write=True) as library:  # held to the end: no add meanwhile
+        policy = library.index_policy()
+        items = [SourceItem(s.path, s.id, s.lyrics, s.metadata) for s in library.songs()]
+        report = add_songs(fresh, model_dir, items, sentence_model=sentence_model, device=device,
+                           batch_size=batch_size, workers=workers, index=policy, progress=progress)
+        with Library.open(fresh) as done:
+            wanted = {item.song_id for item in items}
+            stale = [s.id for s in done.songs() if s.id not in wanted]  # removed from LIB since an earlier run
+        if stale:
+            with Library.open(fresh, write=True) as done:
+                done.remove(stale)
+        with Library.open(fresh) as done:
+            missing = len(wanted) - len(done)
+            if missing:
+                raise LibraryError(
+                    f"{missing} of the {len(items)} songs could not be captioned again (`alcap library failures "
+                    f"{fresh}` lists why); {root} is unchanged. Fix them, or `alcap library remove {root}` them, "
+                    "then run the same command again: the songs already redone are kept")
+        os.replace(root, old)
+        os.replace(fresh, root)
+    shutil.rmtree(old)
+    report.library = str(root)
+    report.notes.append(f"every song of {root} was captioned again with {model_dir}")
+    return report

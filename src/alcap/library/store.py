@@ -184,20 +184,22 @@ class Library:
     def add_batch(self, songs: list[Song], vectors: np.ndarray, replaces: list[str] = ()) -> None:
         """Commit captioned songs with their caption vectors: vectors first (fsynced), then one
         transaction for the rows, the text index, the cleared failures and the removed ids
-        (`replaces`: songs whose file changed)."""
+        (`replaces`: songs whose file changed). Float16 vectors are taken as stored rows (unit
+        length already); others are normalised."""
         if self._lock is None:
             raise LibraryError(f"{self.root}: opened for reading; open it with write=True to add songs")
-        vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(songs), self.dim):
             raise LibraryError(f"{len(songs)} songs but vectors of shape {vectors.shape}; expected ({len(songs)}, {self.dim})")
         if not songs:
             return
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        if vectors.dtype != DTYPE:  # float16 rows come from another library as they are stored (merge)
+            vectors = np.asarray(vectors, dtype=np.float32)
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         first = int(self._meta("rows", 0))
         with open(self.root / VECTORS_FILE, "ab") as f:
-            f.write(vectors.astype(DTYPE).tobytes())
+            f.write(np.ascontiguousarray(vectors, dtype=DTYPE).tobytes())
             _sync(f)
-        added = _now()
+        now = _now()
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for song_id in replaces:
@@ -206,7 +208,7 @@ class Library:
                 metadata = json.dumps(song.metadata, ensure_ascii=False, sort_keys=True)
                 self.db.execute("INSERT INTO songs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                 (row, song.id, song.path, song.sha256, song.duration, song.lyrics, song.caption,
-                                 metadata, added))
+                                 metadata, song.added or now))
                 self.db.execute("INSERT INTO songs_fts (rowid, caption, lyrics, metadata) VALUES (?, ?, ?, ?)",
                                 (row, song.caption, song.lyrics, _metadata_text(song.metadata)))
                 self.db.execute("DELETE FROM failures WHERE path = ?", (song.path,))
@@ -367,10 +369,11 @@ class Library:
         return self._encoder
 
     def search(self, text: str | None = None, k: int = 10, mode: str = "hybrid", where: list[str] | None = None,
-               like: str | None = None, exact: bool = False) -> list[Hit]:
+               like: str | None = None, exact: bool = False, vector: np.ndarray | None = None) -> list[Hit]:
         """The k best songs for a description (`text`) or like another song (`like`, by its caption
         vector: dense only). `where`: filters such as "duration<200" or "genre=rock". `exact`:
-        never the approximate index."""
+        never the approximate index. `vector`: text's sentence vector, when already encoded
+        (e.g. a batch of queries encoded at once)."""
         if mode not in MODES:
             raise LibraryError(f"unknown search mode {mode!r}: one of {', '.join(MODES)}")
         if (text is None) == (like is None):
@@ -386,7 +389,7 @@ class Library:
             ranked = [(r, s) for r, s in self._dense(query, allowed, k + 1, exact=exact) if r != found[0]]
         else:
             allowed = self._rows(where) if where and mode != "lexical" else None  # lexical filters in its own SQL
-            ranked = self._ranked(text, mode, allowed, where=where, depth=k, exact=exact)
+            ranked = self._ranked(text, mode, allowed, where=where, depth=k, exact=exact, query=vector)
         return self._hits(ranked[:k])
 
     def _ranked(self, text: str, mode: str, allowed: np.ndarray | None, where: list[str] | None = None,
@@ -514,6 +517,59 @@ def where_clause(filters: list[str] | None, prefix: str = "WHERE") -> tuple[str,
             params.append(value)
         parts.append(f"{column} {op} ?")
     return f"{prefix} " + " AND ".join(parts), params
+
+
+def merge_libraries(out: str | Path, sources: list[str | Path], progress: bool = False) -> dict:
+    """Copy the songs of `sources` (e.g. the shards of `alcap library add --shard`) into `out`
+    (created, or added to). All must have the same identity; a song already in `out` or in an
+    earlier source is skipped. Vectors are copied bit for bit, failures carried over unless
+    the file was captioned somewhere. Resumable: a rerun skips what was copied."""
+    from tqdm.auto import tqdm
+
+    readers = [Library.open(s) for s in sources]
+    try:
+        identity = readers[0].identity
+        for reader in readers[1:]:
+            _refuse_other_identity(reader.root, identity, reader.identity)
+        summary = {"copied": 0, "duplicates": 0, "already_in_output": 0, "failures": 0}
+        with Library.open(out, identity, write=True) as target:
+            if target.root.resolve() in [r.root.resolve() for r in readers]:
+                raise LibraryError(f"{out}: the output is one of the sources")
+            known = target.known()
+            at_start = set(known)
+            total = sum(len(r) for r in readers)
+            bar = tqdm(total=total, desc="library merge", unit="song", disable=not progress)
+            for reader in readers:
+                songs = reader.songs()
+                matrix = reader.vectors()
+                for start in range(0, len(songs), 1000):
+                    batch = []
+                    for song in songs[start:start + 1000]:
+                        if song.id in known:
+                            summary["already_in_output" if song.id in at_start else "duplicates"] += 1
+                        else:
+                            known[song.id] = song.sha256 or ""
+                            batch.append(song)
+                    if batch:
+                        target.add_batch(batch, matrix[[s.row for s in batch]])
+                        summary["copied"] += len(batch)
+                    bar.update(min(1000, len(songs) - start))
+            bar.close()
+            captioned = set(target.paths())
+            for reader in readers:
+                for failure in reader.failures():
+                    if failure["path"] not in captioned:
+                        target.add_failure(failure["path"], failure["reason"], failure["id"])
+                        summary["failures"] += 1
+            if readers[0].index_policy() != "auto" and target.index_policy() == "auto":
+                target.update_index(readers[0].index_policy(), progress=progress)
+            else:
+                target.update_index(progress=progress)
+            summary["songs"] = len(target)
+        return summary
+    finally:
+        for reader in readers:
+            reader.close()
 
 
 def _refuse_other_identity(root: Path, existing: dict, identity: dict) -> None:
