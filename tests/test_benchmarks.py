@@ -18,6 +18,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
     ("flops.py", ["--quick", "--preset", "tiny", "--steps", "1", "--batch-size", "4", "--matmul-size", "256"]),
     ("cost_growth.py", ["--quick", "--preset", "tiny", "--batch-size", "4", "--batch-sizes", "1", "2",
                         "--song-counts", "1", "2"]),
+    ("search_latency.py", ["--quick"]),
+    ("library_add.py", ["--quick"]),
 ])
 def test_benchmark_prints_a_ratio_line(script, args):
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600)
@@ -28,6 +30,11 @@ def test_benchmark_prints_a_ratio_line(script, args):
     assert result["ours"] > 0 and result["baseline"] > 0
     assert result["ratio"] == pytest.approx(result["ours"] / result["baseline"], rel=0.01)
     assert result["name"] == script.removesuffix(".py") and "x" in lines[-2]
+    if script == "search_latency.py":  # recall of the index measured against exact search, per size
+        assert [s["songs"] for s in result["sizes"]] == [2000, 10000]
+        assert all(0 < s["faiss_recall@10"] <= 1 and s["exact_p50_ms"] > 0 for s in result["sizes"])
+    if script == "library_add.py":
+        assert set(result["rss"]) == {"6", "12"} and all(r["added"] == int(n) for n, r in result["rss"].items())
     if script == "cost_growth.py":  # the README's tables: one row per measured point
         assert "| 512 |" in done.stdout and "| 2 |" in done.stdout and set(result["embed_seconds_by_songs"]) == {"1", "2"}
 

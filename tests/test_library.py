@@ -319,3 +319,44 @@ def test_recaption_redoes_every_song_with_the_new_model(songs_dir, tiny_models, 
     with Library.open(lib) as library, Library.open(direct) as other:
         assert library.identity == other.identity != old_identity  # built with the music model now
     assert sorted(p.name for p in tmp_path.iterdir()) == ["direct", "lib"]  # nothing left beside it
+
+
+def test_stored_music_embeddings_replace_decoding_when_they_match_the_model(tiny_corpus, tiny_models, tmp_path, capsys):
+    from alcap.data.store import EmbeddingStore
+    from alcap.inference import Captioner
+
+    store_dir = tiny_corpus / "store"
+    splits = ["val", "test"]
+    rows = [json.loads(line) for line in open(tiny_corpus / "corpus" / "manifest.jsonl")]
+    wanted = list(dict.fromkeys(r["song_id"] for r in rows if r["split"] in splits))
+    # The songs' audio replaced by bytes no decoder reads: only the stored h_m can caption them.
+    manifest = tmp_path / "manifest.jsonl"
+    with open(manifest, "w") as f:
+        for r in rows:
+            (tmp_path / f"{r['song_id']}.bin").write_bytes(b"not audio " + r["song_id"].encode())
+            f.write(json.dumps({**r, "audio": str(tmp_path / f"{r['song_id']}.bin")}) + "\n")
+    code, report = add(capsys, tmp_path / "decoded", tiny_models["music"], manifest, extra=["--split", *splits])
+    assert code == 1 and report["failed"] == len(wanted) and report["added"] == 0
+    lib = tmp_path / "lib"
+    code, report = add(capsys, lib, tiny_models["music"], manifest, extra=["--split", *splits, "--embeddings", str(store_dir)])
+    assert code == 0 and report["added"] == len(wanted) > 0
+    store = EmbeddingStore.open(store_dir)
+    captioner = Captioner.from_pretrained(tiny_models["music"], device="cpu")
+    with Library.open(lib) as library:
+        songs = library.songs()
+    assert [s.id for s in songs] == wanted
+    assert [s.duration for s in songs] == [round(store.entry(s.id).source_duration, 3) for s in songs]
+    # the captions are those of the stored h_m (as `alcap evaluate` makes them), not of a new decoding
+    expected = captioner.caption_embeddings([s.lyrics for s in songs], [store.get(s.id) for s in songs])
+    assert [s.caption for s in songs] == expected
+
+    other = tmp_path / "other-store"
+    shutil.copytree(store_dir, other)
+    meta = json.loads((other / "store.json").read_text())
+    meta["extractor"]["weights_sha256"] = "0" * 64
+    (other / "store.json").write_text(json.dumps(meta))
+    code = main(["library", "add", str(tmp_path / "lib2"), str(manifest), "--model", str(tiny_models["music"]),
+                 "--embeddings", str(other), "--quiet", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "made with another music encoder or excerpt than the model's" in err
+    assert "extractor.weights_sha256: store has '0000" in err

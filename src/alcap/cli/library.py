@@ -31,6 +31,11 @@ def add_library(sub) -> None:
     p.add_argument("--workers", type=int, default=2, metavar="N", help="decoding worker processes; 0 decodes in the main process (default: 2)")
     p.add_argument("--limit", type=positive_int, metavar="N", help="add at most N of the sources' songs")
     p.add_argument("--shard", metavar="K/N", help="only shard K of N (0-based) of the sources' files, for one machine of N")
+    p.add_argument("--split", nargs="+", metavar="NAME", help="only manifest rows of these splits (e.g. val test)")
+    p.add_argument("--embeddings", metavar="STORE",
+                   help="an embedding store of the manifest's songs made by `alcap embed` with the model's music "
+                        "encoder and excerpt (checked): their stored h_m are used instead of decoding and encoding "
+                        "the audio again. The store must come from the same audio files")
     _index_arg(p, "--index")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -133,6 +138,7 @@ def cmd_library_add(args) -> int:
     report = add_songs(args.library, args.model, args.sources, sentence_model=args.sentence_model, device=args.device,
                        batch_size=args.batch_size or 16, workers=args.workers, limit=args.limit,
                        shard=parse_shard(args.shard) if args.shard else None, index=args.index,
+                       splits=args.split, embeddings=args.embeddings,
                        progress=not args.quiet)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -22,7 +22,7 @@ from ..audio.decode import AudioError, load_audio
 from ..data.embed import _decoding_worker, shard_of
 from ..data.lyrics import sidecar_lyrics
 from ..data.manifest import FORMATS, ManifestError, read_manifest
-from ..utils import file_sha256
+from ..utils import file_sha256, nested_differences
 from .store import Library, LibraryError, Song
 
 # First bytes of the audio formats the decoder reads: WAV, AIFF, FLAC, Ogg, MP3 (ID3 tag or a frame).
@@ -47,9 +47,10 @@ class SourceItem:
     metadata: dict = field(default_factory=dict)
 
 
-def expand_sources(sources: list[str | SourceItem]) -> tuple[list[SourceItem], list[str]]:
+def expand_sources(sources: list[str | SourceItem], splits: list[str] | None = None) -> tuple[list[SourceItem], list[str]]:
     """Audio files, directories (recursive, audio by content) and manifests -> items, plus
-    one-line notes on what was left out (bad manifest rows). Items pass through as they are."""
+    one-line notes on what was left out (bad manifest rows). Items pass through as they are.
+    `splits`: only manifest rows of these splits."""
     items, notes = [], []
     for source in sources:
         if isinstance(source, SourceItem):
@@ -66,6 +67,8 @@ def expand_sources(sources: list[str | SourceItem]) -> tuple[list[SourceItem], l
             notes += [f"{path}:{issue.line}: {issue.message}" for issue in manifest.issues]
             seen = set()
             for row in manifest:
+                if splits and row.split not in splits:
+                    continue
                 if row.song_id not in seen:  # a song with several captions has several rows
                     seen.add(row.song_id)
                     items.append(SourceItem(row.audio, row.song_id, row.lyrics or None, dict(row.extra)))
@@ -77,8 +80,10 @@ def expand_sources(sources: list[str | SourceItem]) -> tuple[list[SourceItem], l
 class _Songs:
     """item -> ("skip" | "fail" | "ok", item, song_id, sha256, detail); never raises on a bad file."""
 
-    def __init__(self, items: list[SourceItem], known: dict[str, str], sample_rate: int, excerpt):
+    def __init__(self, items: list[SourceItem], known: dict[str, str], sample_rate: int, excerpt,
+                 precomputed: dict[str, float] | None = None):
         self.items, self.known, self.sample_rate, self.excerpt = items, known, sample_rate, excerpt
+        self.precomputed = precomputed or {}  # song id -> duration, for songs whose h_m a store holds
 
     def __len__(self) -> int:
         return len(self.items)
@@ -92,6 +97,8 @@ class _Songs:
             if self.known.get(song_id) == sha:
                 return "skip", item, song_id, sha, None
             lyrics = item.lyrics if item.lyrics is not None else sidecar_lyrics(Path(item.path))
+            if song_id in self.precomputed:  # the music encoder's output is in the store: no decoding
+                return "ok", item, song_id, sha, (lyrics, None, self.precomputed[song_id])
             clip = load_audio(item.path, self.sample_rate, self.excerpt)
             return "ok", item, song_id, sha, (lyrics, clip.samples, clip.source_duration)
         except AudioError as exc:
@@ -135,17 +142,20 @@ def library_identity(captioner, model_dir: str | Path, sentence_model: str | Non
 
 def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | SourceItem], sentence_model: str | None = None,
               device: str = "auto", batch_size: int = 16, workers: int = 2, limit: int | None = None,
-              shard: tuple[int, int] | None = None, index: str | None = None, progress: bool = True) -> AddReport:
+              shard: tuple[int, int] | None = None, index: str | None = None, splits: list[str] | None = None,
+              embeddings: str | Path | None = None, progress: bool = True) -> AddReport:
     """Caption every new or changed song of `sources` into the library at `root` (created if
     missing), then bring its vector index up to date (`index`: auto, exact or faiss; None keeps
-    the library's choice, auto for a new one)."""
+    the library's choice, auto for a new one). `embeddings`: an embedding store made by
+    `alcap embed` with the model's music encoder and excerpt, whose h_m of a manifest's songs
+    (by song_id) are used instead of decoding and encoding their audio again."""
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     from ..inference import Captioner
     from ..metrics.retrieval import SentenceEncoder
 
-    items, notes = expand_sources(sources)
+    items, notes = expand_sources(sources, splits)
     if shard is not None:
         chosen = set(shard_of([item.path for item in items], *shard))
         items = [item for item in items if item.path in chosen]
@@ -155,6 +165,10 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
     encoder = SentenceEncoder(sentence_model, device=str(captioner.device))
     dim = int(encoder.model.get_embedding_dimension())
     identity = library_identity(captioner, model_dir, sentence_model, dim)
+    store = _matching_store(embeddings, captioner) if embeddings else None
+    precomputed = {} if store is None else {
+        item.song_id: store.entry(item.song_id).source_duration or store.entry(item.song_id).duration
+        for item in items if item.song_id is not None and item.song_id in store}
     report = AddReport(library=str(root), sources=len(items), notes=notes)
     started = time.perf_counter()
     with Library.open(root, identity, write=True) as library:
@@ -162,7 +176,7 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
         known, by_path = library.known(), library.paths()
         failed_before = {f["path"] for f in library.failures()}
         rate = captioner.extractor.sample_rate if captioner.extractor is not None else 16000
-        loader = DataLoader(_Songs(items, known, rate, captioner.excerpt), batch_size=batch_size, shuffle=False,
+        loader = DataLoader(_Songs(items, known, rate, captioner.excerpt, precomputed), batch_size=batch_size, shuffle=False,
                             num_workers=workers, collate_fn=list, worker_init_fn=_decoding_worker if workers else None)
         seen: set[str] = set()  # ids committed or queued in this run (a file listed twice)
         bar = tqdm(total=len(items), desc="library add", unit="song", disable=not progress, dynamic_ncols=True)
@@ -180,7 +194,7 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
                         seen.add(song_id)
                         good.append((item, song_id, sha, detail))
                 library.clear_failures([p for p in fine if p in failed_before])
-                report.added += _caption_batch(library, captioner, encoder, good, known, by_path, report)
+                report.added += _caption_batch(library, captioner, encoder, good, known, by_path, report, store)
                 bar.update(len(batch))
                 bar.set_postfix(added=report.added, failed=report.failed)
             bar.close()
@@ -191,13 +205,32 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
     return report
 
 
+def _matching_store(path: str | Path, captioner):
+    """The embedding store at `path`, if its h_m are what the captioner's music encoder makes."""
+    from ..data.store import EmbeddingStore
+
+    if captioner.extractor is None:
+        raise ValueError(f"--embeddings {path}: the model is lyrics-only; it uses no music embeddings")
+    store = EmbeddingStore.open(path)
+    ours = {"extractor": captioner.extractor.identity(), "sample_rate": captioner.extractor.sample_rate,
+            "excerpt": captioner.excerpt.to_dict()}
+    diffs = nested_differences({k: store.meta[k] for k in ours}, ours)
+    if diffs:
+        detail = "; ".join(f"{k}: store has {a!r}, the model has {b!r}" for k, a, b in diffs[:4])
+        raise ValueError(f"--embeddings {path}: made with another music encoder or excerpt than the model's ({detail})")
+    return store
+
+
 def _caption_batch(library: Library, captioner, encoder, good: list, known: dict, by_path: dict,
-                   report: AddReport) -> int:
+                   report: AddReport, store=None) -> int:
     if not good:
         return 0
     music = None
     if captioner.uses_music:
-        embedded = captioner.embed_music({i: samples for i, (_, _, _, (_, samples, _)) in enumerate(good)})
+        embedded = captioner.embed_music({i: samples for i, (_, _, _, (_, samples, _)) in enumerate(good)
+                                          if samples is not None})
+        embedded.update({i: store.get(song_id) for i, (_, song_id, _, (_, samples, _)) in enumerate(good)
+                         if samples is None})
         for i in [i for i, h_m in embedded.items() if not np.isfinite(h_m).all()]:
             item, song_id = good[i][0], good[i][1]
             library.add_failure(item.path, "the music encoder produced non-finite values", song_id)
