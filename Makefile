@@ -53,14 +53,18 @@ demo: $(STAMP)
 	$(BIN)/alcap data validate $(DEMO_DIR)/corpus/manifest.jsonl --max-issues 10 --quiet
 	@$(SIDE_BY_SIDE) demo-embed demo-text-pretrain
 	$(BIN)/alcap experiment $(EXPERIMENT_ARGS) --jobs 3
-	@$(SIDE_BY_SIDE) demo-captions demo-attention demo-alignment demo-swap
+	@$(SIDE_BY_SIDE) demo-captions demo-attention demo-alignment demo-swap demo-library
 	$(BIN)/alcap report $(RUNS_DIR) --captions $(RUNS_DIR)/captions.jsonl --title "alcap demo: BART vs BART-fusion vs ALCAP"
+	@echo
+	@echo "song library of the demo's validation and test songs ($(LIBRARY_DIR)), three example searches:"
+	@cat $(LIBRARY_DIR)/example-searches.txt
 	@echo
 	@echo "demo corpus:     $(DEMO_DIR)/corpus (manifest.jsonl, audio/, corpus.json, attributes.json)"
 	@echo "embedding store: $(EMBED_DIR)"
 	@echo "report:          $(RUNS_DIR)/report.md (tables/, metrics.json, loss_curves.png, attention.png, alignment/, swap/)"
+	@echo "song library:    $(LIBRARY_DIR) (alcap library search $(LIBRARY_DIR) \"your description\")"
 
-.PHONY: demo-embed demo-text-pretrain demo-captions demo-attention demo-alignment demo-swap
+.PHONY: demo-embed demo-text-pretrain demo-captions demo-attention demo-alignment demo-swap demo-library
 demo-embed:
 	$(if $(filter tagger,$(DEMO_ENCODER)),test -f $(TAGGER_DIR)/best_model.pth || $(BIN)/alcap train-tagger \
 		$(DEMO_DIR)/corpus/manifest.jsonl --tags instrument tempo mode energy drums --epochs 20 --out $(TAGGER_DIR) --quiet)
@@ -84,6 +88,14 @@ demo-alignment:
 
 demo-swap:
 	$(BIN)/alcap diagnose swap $(DEMO_MODELS) --num-beams 1 --out $(RUNS_DIR)/swap --quiet
+# The library reuses the store's music embeddings (the same encoder), so no song is decoded twice.
+LIBRARY_DIR := $(RUNS_DIR)/library
+DEMO_QUERIES := "a slow sad piano song about losing someone" "an energetic guitar song about freedom" \
+	"a gentle love song with strings"
+demo-library:
+	$(BIN)/alcap library add $(LIBRARY_DIR) $(DEMO_DIR)/corpus/manifest.jsonl --split val test --quiet \
+		--model $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best --embeddings $(EMBED_DIR)
+	$(BIN)/alcap library search $(LIBRARY_DIR) $(DEMO_QUERIES) --top 3 > $(LIBRARY_DIR)/example-searches.txt
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

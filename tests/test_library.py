@@ -70,6 +70,14 @@ def test_add_skips_what_is_there_and_search_finds_songs(songs_dir, tiny_models, 
     assert len(hits) == 5 and all({"id", "path", "caption", "score", "lyrics", "metadata"} <= set(h) for h in hits)
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True)
+    # several queries in one command: one JSON line each, the same hits as one at a time
+    assert main(["library", "search", str(lib), "a song", "city lights", "--top", "5", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["query"] for line in lines] == ["a song", "city lights"]
+    assert [h["id"] for h in lines[0]["hits"]] == [h["id"] for h in hits]
+    assert lines[0]["hits"][0]["score"] == pytest.approx(hits[0]["score"], abs=1e-6)
+    assert main(["library", "search", str(lib), "a song", "--like", hits[0]["id"]]) == 2
+    assert "not both" in capsys.readouterr().err
     with Library.open(lib) as library:
         dense = library.search("a slow song", k=30, mode="dense")
         # Dense scores are the cosine of the query's and the captions' sentence vectors.

@@ -80,7 +80,9 @@ def add_library(sub) -> None:
                                    "over captions, lyrics and metadata (SQLite FTS5); hybrid: reciprocal-rank "
                                    "fusion of the two, 1/(60 + rank) summed.")
     p.add_argument("library", metavar="LIB", help="library directory")
-    p.add_argument("query", nargs="?", metavar="TEXT", help="the description, e.g. \"a slow piano song about leaving home\"")
+    p.add_argument("queries", nargs="*", metavar="TEXT",
+                   help="the description, e.g. \"a slow piano song about leaving home\"; several are searched in "
+                        "turn (encoded together, the models loaded once)")
     p.add_argument("--top", type=positive_int, default=10, metavar="K", help="number of songs (default: 10)")
     p.add_argument("--mode", choices=("hybrid", "dense", "lexical"), default="hybrid", help="how to rank (default: hybrid)")
     p.add_argument("--where", action="append", metavar="FILTER",
@@ -89,7 +91,9 @@ def add_library(sub) -> None:
     p.add_argument("--like", metavar="SONG_ID", help="songs whose captions are like this song's (instead of TEXT)")
     p.add_argument("--exact", action="store_true",
                    help="exact search over every vector even where the library has an approximate index")
-    p.add_argument("--json", action="store_true", help="print the hits as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the hits as a JSON list; with several TEXTs one line per query: "
+                        '{"query": TEXT, "hits": [...]}')
     p.set_defaults(func=cmd_library_search)
     for name, func, text in (("info", cmd_library_info, "what a library holds and how it was built"),
                              ("failures", cmd_library_failures, "the songs that could not be captioned, and why")):
@@ -155,16 +159,27 @@ def cmd_library_add(args) -> int:
 def cmd_library_search(args) -> int:
     from ..library import Library
 
+    if args.like is not None and args.queries:
+        raise ValueError("give a description or --like SONG_ID, not both")
     with Library.open(args.library) as library:
-        hits = library.search(args.query, k=args.top, mode=args.mode, where=args.where, like=args.like,
-                              exact=args.exact)
-    if args.json:
-        print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
-        return 0
-    if not hits:
-        print("no songs match")
-    for rank, hit in enumerate(hits, start=1):
-        print(f"{rank:>3}. {hit.score:.4f}  {hit.id[:16]}  {hit.path}\n     {hit.caption}")
+        options = dict(k=args.top, mode=args.mode, where=args.where, exact=args.exact)
+        if len(args.queries) <= 1:
+            results = [(None, library.search(args.queries[0] if args.queries else None, like=args.like, **options))]
+        else:
+            vectors = library.encoder().encode(args.queries) if args.mode != "lexical" else [None] * len(args.queries)
+            results = [(q, library.search(q, vector=v, **options)) for q, v in zip(args.queries, vectors)]
+    for query, hits in results:
+        if args.json:
+            found = [h.to_dict() for h in hits]
+            print(json.dumps(found, indent=2, ensure_ascii=False) if query is None else
+                  json.dumps({"query": query, "hits": found}, ensure_ascii=False))
+            continue
+        if query is not None:
+            print(f'"{query}"')
+        if not hits:
+            print("  no songs match")
+        for rank, hit in enumerate(hits, start=1):
+            print(f"{rank:>3}. {hit.score:.4f}  {hit.id[:16]}  {hit.path}\n     {hit.caption}")
     return 0
 
 
