@@ -123,16 +123,16 @@ def add_library(sub) -> None:
 
 
 def _index_arg(parser, name: str) -> None:
-    from ..library.index import AUTO_ROWS
+    from ..library.policy import AUTO_ROWS, POLICIES
 
     text = (f"auto: exact search, and an approximate FAISS index (IVF, float16) once the library has "
             f"{AUTO_ROWS:,} songs; faiss: the index at any size; exact: no index (removes one). The choice is "
             "kept in the library")
     if name.startswith("--"):
-        parser.add_argument(name, choices=("auto", "exact", "faiss"), metavar="POLICY",
+        parser.add_argument(name, choices=POLICIES, metavar="POLICY",
                             help=text + " (default: the library's choice, auto for a new library)")
     else:
-        parser.add_argument(name, nargs="?", choices=("auto", "exact", "faiss"), metavar="POLICY",
+        parser.add_argument(name, nargs="?", choices=POLICIES, metavar="POLICY",
                             help=text + " (default: the library's choice)")
 
 

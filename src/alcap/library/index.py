@@ -2,8 +2,8 @@
 
 Exact search reads the memory-mapped matrix with one float16 matrix-vector product (torch's CPU
 kernel, 6 ms per 100k rows on 2 cores), then re-scores the best candidates in float32 so that
-the order is the float32 cosine order. Above `AUTO_ROWS` rows (or when asked) `alcap library add`
-builds an inverted-file index (FAISS IVF, vectors stored as float16, inner product on the unit
+the order is the float32 cosine order. From `policy.AUTO_ROWS` songs on (or when asked)
+`alcap library add` builds an inverted-file index (FAISS IVF, vectors stored as float16, inner product on the unit
 vectors), persisted as LIB/index.faiss. Its centroids are trained once; later adds only assign
 the new rows to lists, and the index is retrained when the library has grown 4x since. Its
 `nprobe` is the smallest that finds >= 95% of the exact top 10 for library vectors used as
@@ -21,8 +21,6 @@ from pathlib import Path
 import numpy as np
 
 INDEX_FILE = "index.faiss"
-AUTO_ROWS = 200_000  # exact search stays under ~15 ms below this on 2 cores; the index pays above it
-POLICIES = ("auto", "exact", "faiss")
 TARGET_RECALL = 0.95
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 RETRAIN_GROWTH = 4  # retrain the centroids once the library has 4x the rows they were trained on

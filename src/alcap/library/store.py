@@ -26,7 +26,8 @@ import numpy as np
 
 from ..data.store import StoreError, WriterLock, _sync
 from ..utils import nested_differences
-from .index import AUTO_ROWS, INDEX_FILE as INDEX_NAME, POLICIES, VectorIndex, exact_top
+from .index import INDEX_FILE as INDEX_NAME, VectorIndex, exact_top
+from .policy import AUTO_ROWS, POLICIES
 
 DB_FILE = "library.sqlite"
 VECTORS_FILE = "vectors.f16"
