@@ -85,6 +85,8 @@ def test_faiss_index_recall_tail_removals_filters_and_retraining(tmp_path, capsy
         state = library.update_index()  # the library keeps its policy (faiss): the new rows are assigned
         assert state["indexed_rows"] == 6050 and state["unindexed_rows"] == 0
         assert state["trained_on_rows"] == 6000
+        written = (root / INDEX_FILE).stat().st_mtime_ns
+        assert library.update_index() == state and (root / INDEX_FILE).stat().st_mtime_ns == written  # nothing new
 
         fill(library, clustered(18000, 4), first=6050)  # 4x the rows the centroids were trained on
         state = library.update_index()

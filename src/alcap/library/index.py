@@ -43,9 +43,8 @@ def exact_top(matrix: np.ndarray, query: np.ndarray, k: int, rows: np.ndarray | 
         coarse[start:start + len(part)] = torch.mv(torch.from_numpy(np.asarray(part)), q16).float().numpy()
     depth = min(n, k + max(k, 64))  # float16 errors are ~1e-4; the margin keeps every true top-k row
     candidates = np.argpartition(-coarse, depth - 1)[:depth] if depth < n else np.arange(n)
-    picked = candidates if rows is None else rows[candidates]
-    scores = np.asarray(matrix[np.sort(picked)], dtype=np.float32) @ query
-    picked = np.sort(picked)
+    picked = np.sort(candidates if rows is None else rows[candidates])  # sorted: memmap reads in file order
+    scores = np.asarray(matrix[picked], dtype=np.float32) @ query
     order = np.lexsort((picked, -scores))[:k]
     return picked[order].astype(np.int64), scores[order]
 

@@ -250,10 +250,12 @@ class Library:
             matrix = self.vectors()
             if index is None or index.needs_retraining(len(matrix)):
                 index = VectorIndex.build(matrix, progress=progress)
+                changed = True
+            else:
+                changed = index.extend(matrix, progress=progress) > 0 or index.meta.get("recall@10") is None
+            if changed:  # an unchanged index is not rewritten (at 1M songs it is 800 MB)
                 index.tune(matrix, live_rows)
-            elif index.extend(matrix, progress=progress) or index.meta.get("recall@10") is None:
-                index.tune(matrix, live_rows)
-            index.save(self.root)
+                index.save(self.root)
             self._index = index
         return self._index_info(int(self._meta("rows", 0)))
 
