@@ -139,3 +139,57 @@ def test_a_musicnn_model_captions_new_audio_with_the_encoder_it_was_trained_on(t
     wave = load_audio(song, 16000, captioner.excerpt).samples
     again = captioner.extractor.embed(torch.from_numpy(wave)[None])[0].numpy()
     assert np.abs(again.astype(np.float16).astype(np.float32) - clip).max() <= 1e-2 * np.abs(clip).max()
+
+
+def test_audio_comes_as_a_path_bytes_a_file_object_or_a_waveform(tmp_path):
+    import io
+
+    import soundfile as sf
+    from helpers import tone, write_audio
+
+    import alcap
+    from alcap.audio.decode import AudioError
+
+    class LyricsEcho(EchoModel):
+        config = SimpleNamespace(use_music=False)
+
+        def generate(self, input_ids, attention_mask, **kwargs):
+            self.batches.append(kwargs)
+            return input_ids
+
+    _, tokenizer = load_backbone("tiny", LYRICS * 4, vocab_size=300)
+    model = LyricsEcho()
+    captioner = Captioner(model, tokenizer, None, Excerpt(seconds=2.0), RunConfig(), GenerationConfig(batch_size=2))
+    for name, rate in (("a.mp3", 44100), ("b.flac", 22050)):
+        path = write_audio(tmp_path / name, tone(3.0, rate, channels=2), rate)
+        expected = captioner._decode(path)
+        data, file_rate = sf.read(path, dtype="float32", always_2d=True)
+        with open(path, "rb") as handle:
+            inputs = {"str": str(path), "bytes": path.read_bytes(), "file": handle,
+                      "buffer": io.BytesIO(path.read_bytes())}
+            for kind, audio in inputs.items():
+                assert np.array_equal(captioner._decode(audio), expected), kind
+        waves = {"(numpy, rate)": ((data.T, file_rate), None), "tensor + sample_rate": (torch.from_numpy(data.T), file_rate),
+                 "mono": (data.mean(axis=1), file_rate)}
+        for kind, (audio, sample_rate) in waves.items():  # the decoded samples, not the file: resampling alone
+            got = captioner._decode(audio, sample_rate)
+            assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4, kind
+    assert captioner.caption(path.read_bytes(), "one two") == "one two"
+    assert captioner.caption_batch([(data.T, file_rate)], sample_rate=None)[0].lyrics == ""  # lyrics None: instrumental
+
+    with pytest.raises(AudioError, match="needs its sample rate"):
+        captioner.caption(data.T)
+    with pytest.raises(ValueError, match="cannot caption a int: give a file path"):
+        captioner.caption(3)
+    with pytest.raises(AudioError, match="<audio bytes>: not a readable audio file"):
+        captioner.caption(b"not audio")
+    with pytest.raises(AudioError, match=r"<waveform>: a waveform is \(samples,\) or \(channels, samples\)"):
+        captioner.caption((np.zeros((1, 2, 3)), 16000))
+
+    model.batches.clear()  # generation options for one call, then the configured ones again
+    captioner.caption(path, "one two", num_beams=1, max_new_tokens=5)
+    captioner.caption(path, "one two")
+    assert [(b["num_beams"], b["max_new_tokens"]) for b in model.batches] == [(1, 5), (4, 128)]
+    with pytest.raises(ValueError, match="unknown generation option"):
+        captioner.caption(path, "x", beams=2)
+    assert alcap.GenerationConfig is GenerationConfig and "GenerationConfig" in alcap.__all__

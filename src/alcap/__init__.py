@@ -14,6 +14,7 @@ _EXPORTS = {
     "Clip": "alcap.audio.decode",
     "AudioError": "alcap.audio.decode",
     "load_audio": "alcap.audio.decode",
+    "load_waveform": "alcap.audio.decode",
     "MelFrontEnd": "alcap.audio.frontend",
     "CNNSA": "alcap.audio.cnnsa",
     "load_cnnsa": "alcap.audio.cnnsa",
@@ -29,6 +30,8 @@ _EXPORTS = {
     "AlcapModel": "alcap.model.captioner",
     "AlcapConfig": "alcap.model.captioner",
     "Captioner": "alcap.inference",
+    "CaptionResult": "alcap.inference",
+    "GenerationConfig": "alcap.config",
     "Library": "alcap.library",
     "load_config": "alcap.config",
 }

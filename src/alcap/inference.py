@@ -7,6 +7,7 @@ from, so captioning a new audio file uses the same h_m as training did.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .audio.cnnsa import CheckpointError, load_cnnsa, random_cnnsa
-from .audio.decode import AudioError, Excerpt, load_audio
+from .audio.decode import AudioError, Excerpt, load_audio, load_waveform
 from .audio.extractor import CNNSAExtractor, MusicExtractor, MusicnnExtractor, extractor_class, resolve_device
 from .audio.musicnn import MusicnnError
 from .config import GenerationConfig, RunConfig, load_run_config
@@ -108,6 +109,20 @@ class CaptionResult:
         return self.error is None
 
 
+def describe_source(audio) -> str:
+    """How an input is named in results and errors: its path, else what kind of input it is."""
+    if isinstance(audio, (str, Path)):
+        return str(audio)
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        return "<audio bytes>"
+    if hasattr(audio, "read"):
+        name = getattr(audio, "name", None)
+        return name if isinstance(name, str) else "<audio file object>"
+    if audio is None:
+        return "<no audio>"
+    return "<waveform>"
+
+
 class Captioner:
     """`Captioner.from_pretrained(dir).caption("song.mp3", lyrics=None)` -> caption text."""
 
@@ -141,30 +156,50 @@ class Captioner:
     def uses_music(self) -> bool:
         return self.model.config.use_music
 
-    def caption(self, audio: str | Path | None, lyrics: str | None = None) -> str:
-        """One song's caption; a bad file raises AudioError."""
-        return self.caption_batch([audio], [lyrics])[0].caption
+    def caption(self, audio, lyrics: str | None = None, sample_rate: int | None = None, **generation) -> str:
+        """One song's caption.
 
-    def caption_batch(self, audios: Sequence, lyrics: Sequence[str | None], errors: str = "raise",
-                      progress: bool = False) -> list["CaptionResult"]:
-        """Caption songs, one result per input in input order.
+        `audio`: a file path, the file's bytes, a binary file object, a waveform with its rate as
+        `(wave, sample_rate)` or `sample_rate=` (numpy or torch, (samples,) or (channels,
+        samples)), or None for no audio (lyrics-only models only). `lyrics`: the song's text,
+        None or "" for an instrumental. `generation`: GenerationConfig fields for this call,
+        e.g. num_beams=1. A bad input raises AudioError (or ValueError for an unusable type)."""
+        return self.caption_batch([audio], [lyrics], sample_rate=sample_rate, **generation)[0].caption
 
-        Every file is decoded, whatever the model uses: a missing or unreadable file is an
+    def caption_batch(self, audios: Sequence, lyrics: Sequence[str | None] | None = None, errors: str = "raise",
+                      progress: bool = False, sample_rate: int | None = None, **generation) -> list["CaptionResult"]:
+        """Caption songs, one result per input in input order (inputs as `caption` takes them;
+        `lyrics` None: all instrumentals).
+
+        Every input is decoded, whatever the model uses: a missing or unreadable file is an
         error also for a lyrics-only model (which does not hear it). `errors="raise"` raises
-        the first bad file's AudioError before anything is generated; `errors="skip"` returns
+        the first bad input's AudioError before anything is generated; `errors="skip"` returns
         it as that item's `error` and captions the others."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        lyrics = [None] * len(audios) if lyrics is None else lyrics
+        if isinstance(lyrics, str):
+            raise ValueError("lyrics of a batch are a list, one per song (a single string was given)")
         if len(audios) != len(lyrics):
             raise ValueError(f"{len(audios)} audio inputs but {len(lyrics)} lyrics")
-        results = [CaptionResult(source=str(a), lyrics=lyr or "") for a, lyr in zip(audios, lyrics)]
+        if generation:
+            unknown = sorted(set(generation) - {f.name for f in dataclasses.fields(GenerationConfig)})
+            if unknown:
+                raise ValueError(f"unknown generation option(s) {', '.join(unknown)}; GenerationConfig has "
+                                 + ", ".join(f.name for f in dataclasses.fields(GenerationConfig)))
+            configured, self.generation = self.generation, dataclasses.replace(self.generation, **generation)
+            try:
+                return self.caption_batch(audios, lyrics, errors, progress, sample_rate)
+            finally:
+                self.generation = configured
+        results = [CaptionResult(source=describe_source(a), lyrics=lyr or "") for a, lyr in zip(audios, lyrics)]
         music: dict[int, np.ndarray] = {}
         size = self.generation.batch_size
         for start in range(0, len(audios), size):  # a batch of waves in memory at a time
             waves = {}
             for i in range(start, min(start + size, len(audios))):
                 try:
-                    waves[i] = self._decode(audios[i])
+                    waves[i] = self._decode(audios[i], sample_rate)
                 except AudioError as exc:
                     if errors == "raise":
                         raise
@@ -186,12 +221,22 @@ class Captioner:
             results[i].caption = caption
         return results
 
-    def _decode(self, audio) -> np.ndarray | None:
+    def _decode(self, audio, sample_rate: int | None = None) -> np.ndarray | None:
         if audio is None:
             if self.uses_music:
                 raise AudioError("<no audio>", "no audio given; this model hears the music, give an audio file")
             return None
         rate = self.extractor.sample_rate if self.extractor is not None else 16000
+        if isinstance(audio, tuple) and len(audio) == 2:
+            return load_waveform(audio[0], audio[1], rate, self.excerpt).samples
+        if isinstance(audio, np.ndarray) or isinstance(audio, torch.Tensor):
+            if sample_rate is None:
+                raise AudioError("<waveform>", "a waveform needs its sample rate: pass (wave, sample_rate) or "
+                                               "sample_rate=")
+            return load_waveform(audio, sample_rate, rate, self.excerpt).samples
+        if not isinstance(audio, (str, Path, bytes, bytearray, memoryview)) and not hasattr(audio, "read"):
+            raise ValueError(f"cannot caption a {type(audio).__name__}: give a file path, the file's bytes, a binary "
+                             "file object, or a waveform as (wave, sample_rate)")
         return load_audio(audio, rate, self.excerpt).samples
 
     def embed_music(self, waves: dict[int, np.ndarray]) -> dict[int, np.ndarray]:

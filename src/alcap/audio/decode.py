@@ -126,9 +126,64 @@ def _os_reason(path: Path, exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def load_audio(path: str | Path, sample_rate: int = 16000, excerpt: Excerpt = Excerpt()) -> Clip:
-    """Decode, downmix to mono, resample (soxr, band-limited) and cut/pad the excerpt."""
-    info = audio_info(path)
+def load_audio(path, sample_rate: int = 16000, excerpt: Excerpt = Excerpt()) -> Clip:
+    """Decode, downmix to mono, resample (soxr, band-limited) and cut/pad the excerpt.
+
+    `path`: a file path, the file's bytes, or a binary file object (an upload, an open file)."""
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        import io
+
+        return _load(io.BytesIO(bytes(path)), "<audio bytes>", sample_rate, excerpt)
+    if hasattr(path, "read"):
+        name = getattr(path, "name", None)
+        return _load(path, name if isinstance(name, str) else "<audio file object>", sample_rate, excerpt)
+    return _load(path, path, sample_rate, excerpt)
+
+
+def load_waveform(wave, source_rate: int, sample_rate: int = 16000, excerpt: Excerpt = Excerpt(),
+                  name: str = "<waveform>") -> Clip:
+    """A waveform in memory as `load_audio` would give its file: (samples,) or (channels,
+    samples) as numpy or torch, floats in [-1, 1] (integers are scaled from their type's range)."""
+    if hasattr(wave, "detach"):  # a torch tensor
+        wave = wave.detach().cpu().numpy()
+    wave = np.asarray(wave)
+    if wave.ndim not in (1, 2) or wave.size == 0:
+        raise AudioError(name, f"a waveform is (samples,) or (channels, samples); got shape {wave.shape}")
+    if np.issubdtype(wave.dtype, np.integer):
+        wave = wave.astype(np.float32) / float(np.iinfo(wave.dtype).max)
+    if not np.issubdtype(wave.dtype, np.floating):
+        raise AudioError(name, f"a waveform holds numbers; got {wave.dtype}")
+    if not isinstance(source_rate, (int, np.integer)) or source_rate <= 0:
+        raise AudioError(name, f"sample rate must be a positive whole number of Hz, got {source_rate!r}")
+    data = np.asarray(wave, dtype=np.float32).reshape(1, -1) if wave.ndim == 1 else np.asarray(wave, np.float32)
+    data = data.T  # (frames, channels), as soundfile reads
+    total = data.shape[0]
+    if total < MIN_AUDIO_SECONDS * source_rate:
+        raise AudioError(name, f"only {total / source_rate:.3f} s of audio; at least {MIN_AUDIO_SECONDS:g} s is needed")
+    start = excerpt.start_frame(total, int(source_rate))
+    if start >= total:
+        raise AudioError(name, f"excerpt offset {excerpt.offset:g} s is past the end of the audio ({total / source_rate:.2f} s)")
+    frames = total - start if excerpt.seconds is None else min(total - start, int(round(excerpt.seconds * source_rate)))
+    return _to_clip(name, data[start:start + frames], int(source_rate), total, sample_rate, excerpt)
+
+
+def _load(source, name, sample_rate: int, excerpt: Excerpt) -> Clip:
+    if isinstance(source, (str, Path)):
+        info = audio_info(source)
+        read_from = str(source)
+    else:
+        try:
+            info = sf.info(source)
+            source.seek(0)
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+            raise AudioError(name, f"not a readable audio file ({_libsndfile_reason(exc)})") from None
+        if info.frames <= 0 or info.samplerate <= 0:
+            raise AudioError(name, "contains no audio samples")
+        if info.frames < MIN_AUDIO_SECONDS * info.samplerate:
+            raise AudioError(name, f"only {info.frames / info.samplerate:.3f} s of audio; at least "
+                                   f"{MIN_AUDIO_SECONDS:g} s is needed")
+        read_from = source
+    path = name
     src_rate, total = info.samplerate, info.frames
     start = excerpt.start_frame(total, src_rate)
     if start >= total:
@@ -138,16 +193,20 @@ def load_audio(path: str | Path, sample_rate: int = 16000, excerpt: Excerpt = Ex
     # bit reservoir and libmpg123 reports an error), so MP3 is decoded from the start; it is cheap.
     lead = start if info.format in ("MP3", "MPEG") else 0
     try:
-        data, _ = sf.read(str(path), start=start - lead, frames=frames + lead, dtype="float32", always_2d=True)
+        data, _ = sf.read(read_from, start=start - lead, frames=frames + lead, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
         raise AudioError(path, f"decoding failed ({_short(exc)})") from None
     except OSError as exc:
-        raise AudioError(path, _os_reason(path, exc)) from None
+        raise AudioError(path, _os_reason(Path(path), exc)) from None
     if frames + lead - data.shape[0] > TRUNCATION_TOLERANCE_SECONDS * src_rate:
         decodable = (start - lead + data.shape[0]) / src_rate
         raise AudioError(path, f"truncated or corrupt: the header declares {total / src_rate:.2f} s but only "
                                f"{decodable:.2f} s could be decoded")
-    data = data[lead:]
+    return _to_clip(path, data[lead:], src_rate, total, sample_rate, excerpt)
+
+
+def _to_clip(path, data: np.ndarray, src_rate: int, total: int, sample_rate: int, excerpt: Excerpt) -> Clip:
+    """(frames, channels) float32 of the excerpt -> mono at `sample_rate`, cut or padded."""
     if data.shape[0] == 0:
         raise AudioError(path, "decoded no samples (truncated or corrupt file)")
     if not np.isfinite(data).all():
@@ -169,7 +228,7 @@ def load_audio(path: str | Path, sample_rate: int = 16000, excerpt: Excerpt = Ex
         duration=real / sample_rate,
         source_duration=total / src_rate,
         source_sample_rate=src_rate,
-        source_channels=info.channels,
+        source_channels=data.shape[1],
     )
 
 
