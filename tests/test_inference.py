@@ -193,3 +193,12 @@ def test_audio_comes_as_a_path_bytes_a_file_object_or_a_waveform(tmp_path):
     with pytest.raises(ValueError, match="unknown generation option"):
         captioner.caption(path, "x", beams=2)
     assert alcap.GenerationConfig is GenerationConfig and "GenerationConfig" in alcap.__all__
+
+
+def test_no_audio_is_refused_by_a_model_that_hears_the_music(tiny_models):
+    from alcap.audio.decode import AudioError
+
+    captioner = Captioner.from_pretrained(tiny_models["music"], device="cpu")
+    with pytest.raises(AudioError, match="no audio given; this model hears the music"):
+        captioner.caption(None, "some lyrics")
+    assert isinstance(Captioner.from_pretrained(tiny_models["lyrics"], device="cpu").caption(None, "some lyrics"), str)
