@@ -52,6 +52,8 @@ class GenerationConfig:
     num_beams: int = 4
     do_sample: bool = False
     top_p: float | None = None  # the original: num_beams 4, do_sample true, top_p 0.92
+    temperature: float | None = None  # sampling only; None: HF's 1.0
+    num_return_sequences: int = 1  # captions per song (<= num_beams under beam search)
     max_new_tokens: int = 128
     min_new_tokens: int | None = None  # e.g. equal to max_new_tokens for fixed-length benchmarks
     no_repeat_ngram_size: int = 0
@@ -60,6 +62,9 @@ class GenerationConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
     def check(self) -> None:
+        if self.num_return_sequences < 1 or (not self.do_sample and self.num_return_sequences > self.num_beams):
+            raise ValueError(f"generation.num_return_sequences must be 1..num_beams ({self.num_beams}) under beam "
+                             f"search (or any with sampling), not {self.num_return_sequences}")
         if self.mixed_precision not in AUTOCAST_DTYPES:
             raise ValueError(f"generation.mixed_precision must be no, bf16 or fp16, not {self.mixed_precision!r}")
 
@@ -76,6 +81,10 @@ class GenerationConfig:
         out = {"num_beams": self.num_beams, "do_sample": self.do_sample, "max_new_tokens": self.max_new_tokens}
         if self.top_p is not None:
             out["top_p"] = self.top_p
+        if self.temperature is not None:
+            out["temperature"] = self.temperature
+        if self.num_return_sequences != 1:
+            out["num_return_sequences"] = self.num_return_sequences
         if self.min_new_tokens is not None:
             out["min_new_tokens"] = self.min_new_tokens
         if self.no_repeat_ngram_size:

@@ -252,11 +252,14 @@ class Captioner:
 
     @torch.no_grad()
     def caption_embeddings(self, lyrics: Sequence[str], music: Sequence[np.ndarray] | None,
-                           progress: bool = False) -> list[str]:
-        """Captions from lyrics and precomputed h_m arrays (evaluation uses the store's).
+                           progress: bool = False) -> list:
+        """Captions from lyrics and precomputed h_m arrays (evaluation uses the store's): a str
+        per song, or a list of `generation.num_return_sequences` strs when that is above 1.
 
         Batches hold lyrics of similar token length (longest first), so little of a batch is
         padding; the captions come back in the order given."""
+        self.generation.check()
+        per_song = self.generation.num_return_sequences
         tokens = self.tokenizer(list(lyrics), truncation=True, max_length=self.max_lyrics_tokens)["input_ids"]
         order = sorted(range(len(lyrics)), key=lambda i: -len(tokens[i]))
         captions: list[str] = [""] * len(lyrics)
@@ -271,6 +274,7 @@ class Captioner:
                 kwargs = {"music": m.to(self.device), "music_mask": mask.to(self.device)}
             with torch.autocast(self.device.type, dtype=autocast, enabled=autocast is not None):
                 ids = self.model.generate(enc["input_ids"], enc["attention_mask"], **kwargs, **self.generation.kwargs())
-            for i, text in zip(rows, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
-                captions[i] = text.strip()
+            texts = [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+            for k, i in enumerate(rows):  # HF returns a song's sequences next to each other
+                captions[i] = texts[k] if per_song == 1 else texts[k * per_song:(k + 1) * per_song]
         return captions

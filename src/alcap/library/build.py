@@ -81,9 +81,10 @@ class _Songs:
     """item -> ("skip" | "fail" | "ok", item, song_id, sha256, detail); never raises on a bad file."""
 
     def __init__(self, items: list[SourceItem], known: dict[str, str], sample_rate: int, excerpt,
-                 precomputed: dict[str, float] | None = None):
+                 precomputed: dict[str, float] | None = None, hash_files: bool = True):
         self.items, self.known, self.sample_rate, self.excerpt = items, known, sample_rate, excerpt
         self.precomputed = precomputed or {}  # song id -> duration, for songs whose h_m a store holds
+        self.hash_files = hash_files  # a library needs each file's sha256; a caption file does not
 
     def __len__(self) -> int:
         return len(self.items)
@@ -92,7 +93,7 @@ class _Songs:
         item = self.items[i]
         song_id, sha = item.song_id, None
         try:
-            sha = file_sha256(item.path)
+            sha = file_sha256(item.path) if self.hash_files else None
             song_id = song_id or sha
             if self.known.get(song_id) == sha:
                 return "skip", item, song_id, sha, None
@@ -149,7 +150,6 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
     the library's choice, auto for a new one). `embeddings`: an embedding store made by
     `alcap embed` with the model's music encoder and excerpt, whose h_m of a manifest's songs
     (by song_id) are used instead of decoding and encoding their audio again."""
-    from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     from ..inference import Captioner
@@ -161,7 +161,7 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
         items = [item for item in items if item.path in chosen]
     items = items[:limit] if limit else items
     captioner = Captioner.from_pretrained(model_dir, device=device)
-    captioner.generation = captioner.generation.with_overrides(batch_size=batch_size)
+    captioner.generation = captioner.generation.with_overrides(batch_size=batch_size, num_return_sequences=1)
     encoder = SentenceEncoder(sentence_model, device=str(captioner.device))
     dim = int(encoder.model.get_embedding_dimension())
     identity = library_identity(captioner, model_dir, sentence_model, dim)
@@ -175,26 +175,18 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
         library._encoder = encoder
         known, by_path = library.known(), library.paths()
         failed_before = {f["path"] for f in library.failures()}
-        rate = captioner.extractor.sample_rate if captioner.extractor is not None else 16000
-        loader = DataLoader(_Songs(items, known, rate, captioner.excerpt, precomputed), batch_size=batch_size, shuffle=False,
-                            num_workers=workers, collate_fn=list, worker_init_fn=_decoding_worker if workers else None)
-        seen: set[str] = set()  # ids committed or queued in this run (a file listed twice)
         bar = tqdm(total=len(items), desc="library add", unit="song", disable=not progress, dynamic_ncols=True)
         try:
-            for batch in loader:
-                good, fine = [], []
-                for status, item, song_id, sha, detail in batch:
-                    if status == "skip" or song_id in seen:
-                        report.skipped += 1
-                        fine.append(item.path)
-                    elif status == "fail":
-                        library.add_failure(item.path, detail, song_id)
+            for batch in caption_stream(captioner, items, workers=workers, known=known, precomputed=precomputed,
+                                        store=store):
+                for song in batch:
+                    if song.error is not None:
+                        library.add_failure(song.item.path, song.error, song.song_id)
                         report.failed += 1
-                    else:
-                        seen.add(song_id)
-                        good.append((item, song_id, sha, detail))
-                library.clear_failures([p for p in fine if p in failed_before])
-                report.added += _caption_batch(library, captioner, encoder, good, known, by_path, report, store)
+                    elif song.skipped:
+                        report.skipped += 1
+                library.clear_failures([s.item.path for s in batch if s.skipped and s.item.path in failed_before])
+                report.added += _commit(library, encoder, [s for s in batch if s.caption is not None], known, by_path)
                 bar.update(len(batch))
                 bar.set_postfix(added=report.added, failed=report.failed)
             bar.close()
@@ -221,34 +213,81 @@ def _matching_store(path: str | Path, captioner):
     return store
 
 
-def _caption_batch(library: Library, captioner, encoder, good: list, known: dict, by_path: dict,
-                   report: AddReport, store=None) -> int:
-    if not good:
-        return 0
+@dataclass
+class Captioned:
+    """One source item after the pipeline: its caption, or why not, or skipped (already done)."""
+
+    item: SourceItem
+    song_id: str | None
+    sha256: str | None
+    lyrics: str = ""
+    duration: float | None = None
+    caption: str | list[str] | None = None  # a list with generation.num_return_sequences > 1
+    error: str | None = None
+    skipped: bool = False
+
+
+def caption_stream(captioner, items: list[SourceItem], workers: int = 2, known: dict[str, str] | None = None,
+                   precomputed: dict[str, float] | None = None, store=None, hash_files: bool = True):
+    """The streaming pipeline of `library add` and `alcap caption`: worker processes hash and
+    decode the files ahead of this one, which runs the music encoder and caption generation
+    (length-grouped batches of `captioner.generation.batch_size`). Yields each batch's
+    Captioned items in input order. `known`: id -> sha256 of songs to skip; a song met twice
+    is captioned once."""
+    from torch.utils.data import DataLoader
+
+    rate = captioner.extractor.sample_rate if captioner.extractor is not None else 16000
+    songs = _Songs(items, known or {}, rate, captioner.excerpt, precomputed, hash_files)
+    loader = DataLoader(songs, batch_size=captioner.generation.batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=list, worker_init_fn=_decoding_worker if workers else None)
+    seen: set[str] = set()  # ids captioned or queued in this run (a file listed twice)
+    for batch in loader:
+        results, good = [], []
+        for status, item, song_id, sha, detail in batch:
+            song = Captioned(item, song_id, sha)
+            if status == "skip" or (song_id is not None and song_id in seen):
+                song.skipped = True
+            elif status == "fail":
+                song.error = detail
+            else:
+                song.lyrics, samples, song.duration = detail
+                good.append((song, samples))
+                if song_id is not None:
+                    seen.add(song_id)
+            results.append(song)
+        _generate(captioner, good, store)
+        yield results
+
+
+def _generate(captioner, good: list[tuple[Captioned, np.ndarray | None]], store) -> None:
+    """Captions for decoded songs (samples None: h_m from the store); non-finite h_m is the song's error."""
     music = None
     if captioner.uses_music:
-        embedded = captioner.embed_music({i: samples for i, (_, _, _, (_, samples, _)) in enumerate(good)
-                                          if samples is not None})
-        embedded.update({i: store.get(song_id) for i, (_, song_id, _, (_, samples, _)) in enumerate(good)
-                         if samples is None})
-        for i in [i for i, h_m in embedded.items() if not np.isfinite(h_m).all()]:
-            item, song_id = good[i][0], good[i][1]
-            library.add_failure(item.path, "the music encoder produced non-finite values", song_id)
-            report.failed += 1
-        keep = [i for i in range(len(good)) if np.isfinite(embedded[i]).all()]
+        embedded = captioner.embed_music({i: samples for i, (_, samples) in enumerate(good) if samples is not None})
+        embedded.update({i: store.get(song.song_id) for i, (song, samples) in enumerate(good) if samples is None})
+        for i, (song, _) in enumerate(good):
+            if not np.isfinite(embedded[i]).all():
+                song.error = "the music encoder produced non-finite values"
+        keep = [i for i in range(len(good)) if good[i][0].error is None]
         good, music = [good[i] for i in keep], [embedded[i] for i in keep]
-        if not good:
-            return 0
-    captions = captioner.caption_embeddings([lyrics for _, _, _, (lyrics, _, _) in good], music)
-    vectors = encoder.encode(captions)
+    if good:
+        for (song, _), caption in zip(good, captioner.caption_embeddings([s.lyrics for s, _ in good], music)):
+            song.caption = caption
+
+
+def _commit(library: Library, encoder, captioned: list[Captioned], known: dict, by_path: dict) -> int:
+    """The batch's captions with their sentence vectors, in one commit; songs whose file changed replaced."""
+    if not captioned:
+        return 0
+    vectors = encoder.encode([s.caption for s in captioned])
     songs, replaces = [], []
-    for (item, song_id, sha, (lyrics, _, duration)), caption in zip(good, captions):
-        songs.append(Song(id=song_id, path=item.path, caption=caption, lyrics=lyrics, sha256=sha,
-                          duration=round(float(duration), 3), metadata=item.metadata))
-        if song_id in known:  # the same id, another file's bytes (a manifest id whose file changed)
-            replaces.append(song_id)
-        old = by_path.get(item.path)
-        if old is not None and old != song_id:  # the file at this path changed
+    for c in captioned:
+        songs.append(Song(id=c.song_id, path=c.item.path, caption=c.caption, lyrics=c.lyrics, sha256=c.sha256,
+                          duration=round(float(c.duration), 3), metadata=c.item.metadata))
+        if c.song_id in known:  # the same id, another file's bytes (a manifest id whose file changed)
+            replaces.append(c.song_id)
+        old = by_path.get(c.item.path)
+        if old is not None and old != c.song_id:  # the file at this path changed
             replaces.append(old)
     library.add_batch(songs, vectors, replaces=list(dict.fromkeys(replaces)))
     for song in songs:
