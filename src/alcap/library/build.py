@@ -45,20 +45,30 @@ class SourceItem:
     song_id: str | None = None  # from a manifest; else the file's sha256
     lyrics: str | None = None  # from a manifest; else the sidecar .txt/.lrc
     metadata: dict = field(default_factory=dict)
+    problem: str | None = None  # why this source gives no song (a directory without audio)
 
 
 def expand_sources(sources: list[str | SourceItem], splits: list[str] | None = None) -> tuple[list[SourceItem], list[str]]:
     """Audio files, directories (recursive, audio by content) and manifests -> items, plus
     one-line notes on what was left out (bad manifest rows). Items pass through as they are.
     `splits`: only manifest rows of these splits."""
+    import glob
+
     items, notes = [], []
     for source in sources:
         if isinstance(source, SourceItem):
             items.append(source)
             continue
         path = Path(source)
+        if not path.exists() and glob.has_magic(str(source)):  # a pattern the shell did not expand
+            matches = sorted(glob.glob(str(source), recursive=True))
+            if matches:
+                more, more_notes = expand_sources(matches, splits)
+                items, notes = items + more, notes + more_notes
+                continue
         if path.is_dir():
-            items += [SourceItem(str(f)) for f in sorted(path.rglob("*")) if f.is_file() and looks_like_audio(f)]
+            found = [SourceItem(str(f)) for f in sorted(path.rglob("*")) if f.is_file() and looks_like_audio(f)]
+            items += found or [SourceItem(str(path), problem="is a directory with no audio files in it")]
         elif path.suffix.lower() in FORMATS and not looks_like_audio(path):
             try:
                 manifest = read_manifest(path)
@@ -92,10 +102,12 @@ class _Songs:
     def __getitem__(self, i: int):
         item = self.items[i]
         song_id, sha = item.song_id, None
+        if item.problem:
+            return "fail", item, song_id, sha, item.problem
         try:
             sha = file_sha256(item.path) if self.hash_files else None
             song_id = song_id or sha
-            if self.known.get(song_id) == sha:
+            if sha is not None and self.known.get(song_id) == sha:
                 return "skip", item, song_id, sha, None
             lyrics = item.lyrics if item.lyrics is not None else sidecar_lyrics(Path(item.path))
             if song_id in self.precomputed:  # the music encoder's output is in the store: no decoding
