@@ -181,3 +181,21 @@ def test_help_of_every_command_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", script, "", *paths], capture_output=True, text=True, check=True)
     assert "HEAVY []" in done.stderr
     assert done.stdout.count("usage: alcap") == len(paths) + 1
+
+
+def test_validate_for_captioning_strict_and_json_alone_on_stdout(tiny_corpus, tmp_path, capsys):
+    rows = [json.loads(line) for line in open(tiny_corpus / "corpus" / "manifest.jsonl")]
+    audio = tiny_corpus / "corpus" / rows[0]["audio"]
+    catalogue = tmp_path / "catalogue.jsonl"  # what a platform has: ids and audio, lyrics for some
+    catalogue.write_text(json.dumps({"song_id": "a", "audio": str(audio), "lyrics": "la la"}) + "\n"
+                         + json.dumps({"song_id": "b", "audio": str(audio)}) + "\n"
+                         + json.dumps({"song_id": "c", "audio": str(tmp_path / "gone.mp3")}) + "\n")
+    code, out, _ = run(capsys, "data", "validate", catalogue, "--for", "caption")
+    assert code == 0 and "2 of 3 rows usable; 2 of 3 songs usable; 1 errors" in out
+    assert "caption is empty" not in out and "split" not in out
+    assert run(capsys, "data", "validate", catalogue, "--for", "caption", "--strict")[0] == 1  # the missing file
+    code, out, _ = run(capsys, "data", "validate", catalogue)  # for training every row lacks a caption and a split
+    assert code == 1 and "caption is empty [empty_caption]" in out
+    code, out, err = run(capsys, "data", "validate", catalogue, "--for", "caption", "--json", "-")
+    report = json.loads(out)  # stdout is the JSON alone; the text report went to stderr
+    assert report["purpose"] == "caption" and report["usable_rows"] == 2 and "rows usable" in err

@@ -15,11 +15,17 @@ def add_data(sub) -> None:
     p = data.add_parser("validate", help="report per row what is wrong with a manifest",
                         description="Check every row of a manifest: unreadable rows and bad encodings, missing or "
                                     "unreadable audio, empty captions, bad splits, duplicates, conflicting rows of "
-                                    "one song. Prints a report; the exit code is non-zero only when no usable row remains.")
+                                    "one song. Prints a report; the exit code is non-zero only when no usable row "
+                                    "remains (with --strict: on any error).")
     p.add_argument("manifest", metavar="MANIFEST", help="manifest file (.jsonl, .csv or .parquet)")
     p.add_argument("--no-audio", action="store_true", help="do not open the audio files")
     p.add_argument("--decode", action="store_true", help="decode each file's excerpt too (slower; catches corrupt audio data)")
-    p.add_argument("--json", metavar="FILE", help="also write the full report as JSON to FILE ('-' for stdout)")
+    p.add_argument("--json", metavar="FILE",
+                   help="also write the full report as JSON to FILE ('-': to stdout, and the text report to stderr)")
+    p.add_argument("--strict", action="store_true", help="exit 1 on any error, not only when no usable row remains")
+    p.add_argument("--for", dest="purpose", choices=("train", "caption"), default="train",
+                   help="train: rows need a caption and a split (training, evaluation); caption: a catalogue for "
+                        "`alcap caption` or `alcap library add`, where song_id and audio are enough (default: train)")
     p.add_argument("--max-issues", type=int, default=50, metavar="N", help="issues to print (default: 50)")
     p.add_argument("--workers", type=int, default=4, metavar="N", help="threads checking audio files (default: 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -94,8 +100,10 @@ def cmd_validate(args) -> int:
     from ..data.validate import validate_manifest
 
     report = validate_manifest(read_manifest(args.manifest), check_audio=not args.no_audio, decode=args.decode,
-                               excerpt=excerpt_from(args), workers=args.workers, progress=not args.quiet)
-    print(report.format_text(max_issues=args.max_issues))
+                               excerpt=excerpt_from(args), workers=args.workers, progress=not args.quiet,
+                               purpose=args.purpose)
+    human = sys.stderr if args.json == "-" else sys.stdout  # stdout carries the JSON alone then
+    print(report.format_text(max_issues=args.max_issues), file=human)
     if args.json:
         text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
         if args.json == "-":
@@ -103,7 +111,7 @@ def cmd_validate(args) -> int:
         else:
             Path(args.json).write_text(text + "\n", encoding="utf-8")
             print(f"full report: {args.json}")
-    return 0 if report.ok else 1
+    return 0 if report.ok and not (args.strict and report.errors) else 1
 
 
 def cmd_make_demo(args) -> int:

@@ -21,17 +21,22 @@ class ValidationReport:
     n_songs_usable: int
     usable_by_split: dict[str, int]
     issues: list[RowIssue] = field(default_factory=list)
+    purpose: str = "train"  # train: rows need captions and splits; caption: a catalogue to caption
 
     @property
     def ok(self) -> bool:
         return self.n_usable > 0
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for i in self.issues if i.severity == "error")
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(f"{i.severity}:{i.code}" for i in self.issues))
 
     def to_dict(self) -> dict:
         return {
-            "manifest": self.manifest, "rows": self.n_rows, "usable_rows": self.n_usable,
+            "manifest": self.manifest, "purpose": self.purpose, "rows": self.n_rows, "usable_rows": self.n_usable,
             "songs": self.n_songs, "usable_songs": self.n_songs_usable, "usable_by_split": self.usable_by_split,
             "issue_counts": self.counts(), "issues": [asdict(i) for i in self.issues],
         }
@@ -44,12 +49,12 @@ class ValidationReport:
             lines.append(f"  line {issue.line}{song}: {issue.severity}: {issue.message} [{issue.code}]")
         if len(shown) > max_issues:
             lines.append(f"  ... {len(shown) - max_issues} more issues (use --json FILE for all of them)")
-        errors = sum(1 for i in self.issues if i.severity == "error")
+        errors = self.errors
         warnings = len(self.issues) - errors
         split_text = ", ".join(f"{k} {v}" for k, v in self.usable_by_split.items()) or "none"
         lines.append(
-            f"{self.n_usable} of {self.n_rows} rows usable ({split_text}); "
-            f"{self.n_songs_usable} of {self.n_songs} songs usable; {errors} errors, {warnings} warnings"
+            f"{self.n_usable} of {self.n_rows} rows usable" + (f" ({split_text})" if self.purpose == "train" else "")
+            + f"; {self.n_songs_usable} of {self.n_songs} songs usable; {errors} errors, {warnings} warnings"
         )
         return "\n".join(lines)
 
@@ -61,12 +66,18 @@ def validate_manifest(
     excerpt: Excerpt = Excerpt(),
     workers: int = 4,
     progress: bool = False,
+    purpose: str = "train",
 ) -> ValidationReport:
     """Check rows and their audio files.
 
     `check_audio` reads each distinct file's header; `decode` also decodes the excerpt, which
-    catches files whose header is fine but whose data is corrupt.
+    catches files whose header is fine but whose data is corrupt. `purpose`: "train" (rows need
+    a caption and a split) or "caption" (a catalogue for `alcap caption` / `library add`: song_id,
+    audio and optional lyrics are enough).
     """
+    if purpose not in ("train", "caption"):
+        raise ValueError(f"purpose must be train or caption, not {purpose!r}")
+    training = purpose == "train"
     issues = list(manifest.issues)
     bad_rows: set[int] = set()
 
@@ -80,11 +91,11 @@ def validate_manifest(
     seen: dict[tuple, int] = {}
     song_splits: dict[str, set[str]] = defaultdict(set)
     for row in manifest.rows:
-        if not row.caption:
+        if training and not row.caption:
             flag(row, "error", "empty_caption", "caption is empty")
-        if row.split not in SPLITS:
+        if training and row.split not in SPLITS:
             flag(row, "error", "bad_split", f"split {row.split!r} is not one of {', '.join(SPLITS)}")
-        else:
+        elif row.split in SPLITS:
             song_splits[row.song_id].add(row.split)
         if not row.lyrics.strip():
             flag(row, "warning", "empty_lyrics", "lyrics are empty; the song is treated as instrumental")
@@ -122,6 +133,7 @@ def validate_manifest(
         n_songs_usable=len({r.song_id for r in usable}),
         usable_by_split={s: by_split[s] for s in SPLITS if by_split[s]},
         issues=issues,
+        purpose=purpose,
     )
 
 
