@@ -153,6 +153,20 @@ class RunConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def resolve_paths(self) -> "RunConfig":
+        """Make the data paths, and a backbone that is a local directory, absolute (from the
+        working directory), so that the config a run saves works from any directory."""
+        import os
+
+        data = self.data
+        for name in ("manifest", "embeddings", "attribute_words"):
+            value = getattr(data, name)
+            if value:
+                setattr(data, name, os.path.abspath(os.path.expanduser(value)))
+        if self.model.backbone and Path(self.model.backbone).expanduser().is_dir():
+            self.model.backbone = os.path.abspath(os.path.expanduser(self.model.backbone))
+        return self
+
     def check(self) -> None:
         """Every value in its range, and the fusion layers inside the backbone: a wrong setting
         fails when the config is loaded, not deep inside training."""

@@ -425,3 +425,30 @@ def test_a_real_kill_minus_9_resumes_to_the_uninterrupted_run(tiny_corpus, tmp_p
         assert sa[key] == sb[key], key
     starts = [json.loads(line) for line in (b / "environment.jsonl").read_text().splitlines()]
     assert len(starts) == 2 and starts[0]["torch_threads"] == starts[1]["torch_threads"] >= 1  # one line per start
+
+
+def test_paths_a_run_records_are_absolute_so_its_models_work_from_any_directory(tiny_corpus, tmp_path, monkeypatch):
+    import shutil
+
+    from alcap.cli import main
+    from alcap.config import load_run_config
+    from alcap.data.manifest import read_manifest
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_corpus / "corpus", work / "corpus")
+    shutil.copytree(tiny_corpus / "store", work / "store")
+    monkeypatch.chdir(work)  # everything given relative to here
+    relative = ["data.manifest=corpus/manifest.jsonl", "data.embeddings=store", "model.backbone=tiny",
+                "model.tokenizer_vocab_size=400", "model.alcap.fusion_layers=[1, 2]", "train.epochs=1",
+                "train.batch_size=8", "train.eval_generate=false", "output_dir=run"]
+    train(load_config(None, relative), progress=False)
+    assert read_manifest("corpus/manifest.jsonl").rows[0].audio.startswith(str(work))  # audio resolved too
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    saved = load_run_config(work / "run" / "best")
+    assert saved.data.manifest == str(work / "corpus" / "manifest.jsonl") and saved.data.embeddings == str(work / "store")
+    assert main(["evaluate", str(work / "run" / "best"), "--limit", "2", "--no-retrieval", "--quiet",
+                 "--out", str(elsewhere / "eval")]) == 0
+    monkeypatch.chdir(work)  # the same relative config is still the same run (resumed, not refused)
+    assert train(load_config(None, relative), progress=False)["epochs"] == 1

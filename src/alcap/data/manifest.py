@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -158,8 +159,8 @@ def _to_row(path: Path, line: int, record: dict, issues: list[RowIssue]) -> Mani
         issues.append(RowIssue(line, song_id or None, "error", "missing_field", f"empty or missing {missing}"))
         return None
     audio_path = Path(audio).expanduser()
-    if not audio_path.is_absolute():
-        audio_path = path.parent / audio_path
+    if not audio_path.is_absolute():  # made absolute: stores and libraries record it, used from anywhere
+        audio_path = Path(os.path.abspath(path.parent / audio_path))
     extra = {k: v for k, v in record.items() if k not in COLUMNS}
     return ManifestRow(
         line=line, song_id=song_id, audio=str(audio_path), lyrics=_field(record, "lyrics"),

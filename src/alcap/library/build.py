@@ -12,6 +12,7 @@ song its path had).
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,8 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
         chosen = set(shard_of([item.path for item in items], *shard))
         items = [item for item in items if item.path in chosen]
     items = items[:limit] if limit else items
+    # A library records absolute paths: its songs are searched and served from anywhere.
+    items = [dataclasses.replace(item, path=os.path.abspath(item.path)) for item in items]
     captioner = Captioner.from_pretrained(model_dir, device=device)
     captioner.generation = captioner.generation.with_overrides(batch_size=batch_size, num_return_sequences=1)
     encoder = SentenceEncoder(sentence_model, device=str(captioner.device))

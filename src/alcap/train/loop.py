@@ -128,6 +128,7 @@ class RunLog:
 def train(config: RunConfig, progress: bool = True) -> dict:
     """Train one model as `config` says; returns a summary (best value, paths, steps)."""
     config.check()
+    config.resolve_paths()  # recorded in config.yaml and every exported model, used from anywhere
     out = Path(config.output_dir)
     tc = config.train
     # Accelerate keeps its settings process-wide and refuses (precision) or ignores (compilation)
@@ -296,7 +297,7 @@ RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.early_stop_patien
 
 def _check_same_run(out: Path, config: RunConfig) -> None:
     """Resuming is only for the same experiment; a changed config must not silently continue an old run."""
-    saved = load_config(out / "config.yaml").to_dict()
+    saved = load_config(out / "config.yaml").resolve_paths().to_dict()  # runs saved before paths were absolute
     changed = [(k, a, b) for k, a, b in nested_differences(saved, config.to_dict())
                if k != "output_dir" and not k.startswith(RESUMABLE_CHANGES)]
     if changed:
