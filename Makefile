@@ -33,10 +33,6 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/torch-cpu.txt
 	@touch $@
 
 RUNS_DIR ?= runs/demo
-# Audio files of the first N test songs of a manifest (held out from training).
-export HELD_OUT := import json, sys, os; m = sys.argv[1]; rows = [json.loads(l) for l in open(m)]; \
-	files = list(dict.fromkeys(os.path.join(os.path.dirname(m), r["audio"]) for r in rows if r["split"] == "test")); \
-	print(" ".join(files[: int(sys.argv[2])]))
 DEMO_SEEDS ?= 2020
 DEMO_SEED := $(firstword $(DEMO_SEEDS))
 
@@ -76,8 +72,9 @@ demo-embed:
 demo-text-pretrain:
 	OMP_NUM_THREADS=1 $(BIN)/alcap experiment $(EXPERIMENT_ARGS) --methods text-pretrain --jobs $(words $(DEMO_SEEDS))
 
+# Four held-out songs with their lyrics (from the manifest), as a user would caption them.
 demo-captions:
-	$(BIN)/alcap caption $$($(BIN)/python -c "$$HELD_OUT" $(DEMO_DIR)/corpus/manifest.jsonl 4) \
+	$(BIN)/alcap caption $(DEMO_DIR)/corpus/manifest.jsonl --split test --limit 4 --quiet \
 		--model $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best --jsonl $(RUNS_DIR)/captions.jsonl
 
 demo-attention:

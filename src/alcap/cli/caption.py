@@ -104,7 +104,7 @@ def cmd_caption(args) -> int:
     workers = args.workers if args.workers is not None else (2 if len(pending) >= 2 * captioner.generation.batch_size else 0)
     sink = _Sink(path, kind)
     captioned = failed = instrumental = 0
-    bar = tqdm(total=len(pending), desc="caption", unit="song", disable=args.quiet or not pending, dynamic_ncols=True)
+    bar = tqdm(total=len(pending), desc="caption", unit="song", disable=args.quiet or len(pending) < 2, dynamic_ncols=True)
     try:
         for batch in caption_stream(captioner, pending, workers=workers, hash_files=False):
             for song in batch:
