@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,21 @@ def test_validate_for_captioning_strict_and_json_alone_on_stdout(tiny_corpus, tm
     code, out, err = run(capsys, "data", "validate", catalogue, "--for", "caption", "--json", "-")
     report = json.loads(out)  # stdout is the JSON alone; the text report went to stderr
     assert report["purpose"] == "caption" and report["usable_rows"] == 2 and "rows usable" in err
+
+
+def test_public_api_is_documented():
+    """help(alcap) lists the exports; the main classes say what goes in and out; no docstring
+    points users at a file they do not have (the project's SPEC)."""
+    import inspect
+    import pydoc
+
+    import alcap
+
+    text = pydoc.render_doc(alcap)
+    assert all(name in text for name in alcap.__all__ if name != "__version__")
+    for name in ("AlcapModel", "Captioner", "MusicExtractor", "read_manifest", "EmbeddingStore", "info_nce", "Library"):
+        doc = inspect.getdoc(getattr(alcap, name)) or ""
+        assert len(doc) > 120, f"{name} has no docstring saying what goes in and out"
+    sources = Path(alcap.__file__).parent.rglob("*.py")
+    assert not [p for p in sources if re.search(r"\bSPEC\b(?!IAL)", p.read_text())]
+    assert (Path(alcap.__file__).parent / "py.typed").is_file()

@@ -1,6 +1,15 @@
 """alcap: music captioning from audio and lyrics (ALCAP: BART + cross-modal fusion + contrastive alignment).
 
-The public API is imported lazily so that `import alcap` stays light.
+The public API, imported lazily so that `import alcap` stays light:
+
+    Captioner, CaptionResult, GenerationConfig    caption songs with a trained model
+    Library                                       caption a catalogue, search it by description
+    AlcapModel, AlcapConfig, info_nce, load_config    the model, its loss, run configs
+    EmbeddingStore, EmbeddingWriter, embed_songs  precomputed music embeddings
+    MusicExtractor, CNNSAExtractor, MusicnnExtractor, CNNSA, load_cnnsa, MelFrontEnd, MSD_TOP50_TAGS
+                                                  music encoders
+    load_audio, load_waveform, Excerpt, Clip, AudioError    audio decoding
+    read_manifest, validate_manifest, make_demo_corpus      data
 """
 
 from __future__ import annotations

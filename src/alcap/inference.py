@@ -124,7 +124,12 @@ def describe_source(audio) -> str:
 
 
 class Captioner:
-    """`Captioner.from_pretrained(dir).caption("song.mp3", lyrics=None)` -> caption text."""
+    """A trained model with its music encoder, ready to caption songs.
+
+    `Captioner.from_pretrained(dir)` loads a model directory (`best/` or `last/` of a run: the
+    captioner, tokenizer, run config and the music encoder its training embeddings came from).
+    `caption(audio, lyrics)` -> str; `caption_batch(audios, lyrics)` -> CaptionResult per input;
+    `caption_embeddings(lyrics, h_m)` captions from precomputed music embeddings."""
 
     def __init__(self, model: AlcapModel, tokenizer, extractor: MusicExtractor | None, excerpt: Excerpt,
                  run: RunConfig, generation: GenerationConfig | None = None, device="cpu"):

@@ -30,6 +30,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 class MusicExtractor(ABC):
+    """A frozen music encoder: (B, N) mono waveforms at `sample_rate` -> (B, L_m, dim) float32
+    sequences h_m (`embed`), the input of ALCAP's fusion. Implementations: CNNSAExtractor
+    (ALCAP's, 256-d) and MusicnnExtractor (musicnn's pretrained weights, 753-d)."""
+
     name: str
     sample_rate: int
     dim: int

@@ -1,7 +1,7 @@
 """musicnn (Pons & Serra 2019) in torch, with the pretrained MSD and MTT weights of its PyPI wheel.
 
 Written from the model's published description and its checkpoint's variable names and
-shapes (SPEC §7). One 187-frame log-mel patch (about 3 s) goes through
+shapes. One 187-frame log-mel patch (about 3 s) goes through
 
 - a batch-normalised input;
 - a front end of timbral convolutions (7 frames x 38 and x 67 mel bands, 204 filters each)

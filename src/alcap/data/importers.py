@@ -1,6 +1,6 @@
 """Importers from published data-set layouts to the project's manifest (JSONL).
 
-Song Interpretation (SI, SPEC section 4) comes in three layouts, all read here:
+Song Interpretation (SI: Music4All audio with user interpretations) comes in three layouts, all read here:
   - CSV files `df_{full|not_negative|positive}_{train|val}.csv` and `df_test.csv`
     with columns `music4all_id, lyrics, comment`;
   - pickles holding a list of `MusicData` records (`music4all_id`, `lyrics`, and `comment`

@@ -101,6 +101,9 @@ def manifest_format(path: Path) -> str:
 
 
 def read_manifest(path: str | Path) -> Manifest:
+    """Rows of a JSONL, CSV or Parquet manifest (song_id, audio, lyrics, caption, split, any
+    extra columns), never raising for a bad row: those are in `Manifest.issues` with their line.
+    Audio paths come back absolute (relative ones are relative to the manifest's folder)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")

@@ -117,7 +117,9 @@ def _read_index(root: Path, dim: int) -> tuple[dict[str, StoreEntry], int, int]:
 
 
 class EmbeddingStore:
-    """Read access to a store: `EmbeddingStore.open(dir)[song_id]` -> (L_m, dim) float16 array.
+    """Read access to a store made by `alcap embed`: `EmbeddingStore.open(dir)[song_id]` -> the
+    song's (L_m, dim) float16 music embeddings; `get(song_id)` as float32; `meta` says which
+    encoder, sample rate and excerpt made them, `failures()` which songs could not be embedded.
 
     Lookups are O(1): a dict from song id to rows of one memory-mapped array, no copy.
     """

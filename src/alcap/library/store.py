@@ -89,7 +89,12 @@ def _now() -> str:
 
 
 class Library:
-    """`Library.open(dir)` to read and search; `Library.open(dir, identity=..., write=True)` to add."""
+    """A captioned, searchable song library on disk (one directory).
+
+    `Library.add(dir, sources, model=...)` captions new or changed songs into it (created if
+    missing); `Library.open(dir)` reads it: `search(text, k, mode)` -> Hit(id, path, caption,
+    lyrics excerpt, score, metadata) list, `songs()`, `failures()`, `info()`, `export(path)`;
+    `Library.open(dir, write=True)` also removes songs and maintains the index."""
 
     def __init__(self, root: Path, db: sqlite3.Connection, identity: dict, lock: WriterLock | None):
         self.root, self.db, self.identity, self._lock = root, db, identity, lock

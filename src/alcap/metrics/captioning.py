@@ -1,4 +1,4 @@
-"""Captioning metrics as the paper computed them (HF `evaluate` defaults, SPEC section 5).
+"""Captioning metrics as the paper computed them (HF `evaluate` defaults, as the original code called them).
 
 ROUGE: Google's `rouge-score`, no stemming, best reference per prediction (`score_multi`),
 bootstrap aggregation (mid estimate and 95% interval); recall is the paper-comparable number,

@@ -1,4 +1,4 @@
-"""Text-to-music retrieval as the paper measured it (SPEC section 5).
+"""Text-to-music retrieval as the paper measured it.
 
 For each song of the pool (the test split) one sentence of one of its human references,
 drawn with a seed, is the query. Queries and the songs' *generated* captions are embedded

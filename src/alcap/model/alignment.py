@@ -31,7 +31,8 @@ def info_nce(
     temperature: float = 0.3,
     symmetric: bool = False,
 ) -> torch.Tensor:
-    """InfoNCE between paired (N, D) music and lyrics embeddings, cosine similarity / temperature.
+    """InfoNCE between paired (N, D) music and lyrics embeddings, cosine similarity / temperature;
+    returns the scalar loss (mean over rows).
 
     Row i's positive is column i. Rows of the same song (equal `song_ids`) are not negatives
     of each other: a song usually has several captions and so appears several times in a

@@ -29,7 +29,7 @@ CONFIG_FILE, WEIGHTS_FILE = "alcap_config.json", "model.safetensors"
 
 @dataclass
 class AlcapConfig:
-    """What ALCAP adds to BART. Defaults are the original's for `bart-base` (SPEC section 2)."""
+    """What ALCAP adds to BART. Defaults are the original code's for `bart-base`."""
 
     use_music: bool = True  # False: the lyrics-only BART baseline
     music_dim: int = 256
@@ -110,6 +110,15 @@ def variable_shape_attention():
 
 
 class AlcapModel(nn.Module):
+    """ALCAP: BART whose encoder states are fused with the music after chosen layers, plus the
+    contrastive alignment head (config.use_music False: the lyrics-only BART baseline).
+
+    In: lyrics `input_ids`/`attention_mask` (B, L_t), music `music` (B, L_m, music_dim) with
+    `music_mask` (B, L_m), caption `labels` (B, L_c) for training. Out: `forward` gives the
+    caption loss, the contrastive loss and their sum `loss = caption + alpha * contrast`;
+    `generate` gives caption token ids. `from_pretrained(dir)` / `save_pretrained(dir)` read and
+    write a model directory (safetensors, no pickles)."""
+
     def __init__(self, config: AlcapConfig, bart: BartForConditionalGeneration):
         super().__init__()
         config.check(bart.config.encoder_layers)
