@@ -137,6 +137,9 @@ class TrainConfig:
     compile_backend: str = "inductor"  # any torch.compile backend (e.g. aot_eager to debug)
     compile_mode: str | None = None  # None, reduce-overhead, max-autotune
     log_every_steps: int = 10
+    # Experiment trackers through Accelerate, besides log.jsonl: tensorboard, wandb, mlflow, ...
+    # (each needs its package; tensorboard writes into the run directory's trackers/).
+    log_with: list[str] = field(default_factory=list)
     keep_last_states: int = 2
     save_every_steps: int | None = None  # resume states also every N optimiser steps (always at epoch ends)
     max_steps: int | None = None  # stop early after this many optimiser steps (smoke tests)

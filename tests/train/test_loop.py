@@ -452,3 +452,18 @@ def test_paths_a_run_records_are_absolute_so_its_models_work_from_any_directory(
                  "--out", str(elsewhere / "eval")]) == 0
     monkeypatch.chdir(work)  # the same relative config is still the same run (resumed, not refused)
     assert train(load_config(None, relative), progress=False)["epochs"] == 1
+
+
+def test_tensorboard_gets_the_numbers_of_log_jsonl(tiny_corpus, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(tiny_corpus, tmp_path / "run", **{"train.epochs": 1, "train.eval_generate": "false",
+                                                           "train.log_with": "[tensorboard]"})
+    train(config, progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    board = EventAccumulator(str(tmp_path / "run" / "trackers" / "run"))  # trackers/<run name>/
+    board.Reload()
+    steps = [r for r in logged if "train/loss" in r]
+    assert [(e.step, round(e.value, 5)) for e in board.Scalars("train/loss")] == \
+        [(r["step"], round(r["train/loss"], 5)) for r in steps]
+    assert [e.step for e in board.Scalars("val/caption_loss")] == [r["step"] for r in logged if "val/caption_loss" in r]

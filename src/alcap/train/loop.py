@@ -100,10 +100,11 @@ def _record_step(line: str) -> float:
 
 
 class RunLog:
-    """Appends JSON lines to log.jsonl (main process only)."""
+    """Appends JSON lines to log.jsonl (main process only), and gives the numbers to the
+    run's Accelerate trackers (`train.log_with`) when there are any."""
 
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, enabled: bool, accelerator: Accelerator | None = None):
+        self.path, self.enabled, self.accelerator = path, enabled, accelerator
 
     def keep_until(self, step: int) -> None:
         """Drop the records of steps after `step`: a resumed run redoes them, and the log then
@@ -123,6 +124,10 @@ class RunLog:
             clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(clean, allow_nan=False) + "\n")
+        if self.accelerator is not None and self.accelerator.trackers:
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")
+                       and math.isfinite(v)}
+            self.accelerator.log(numbers, step=record.get("step"))
 
 
 def train(config: RunConfig, progress: bool = True) -> dict:
@@ -144,7 +149,7 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     accelerator = Accelerator(
         cpu=cpu_job, gradient_accumulation_steps=tc.grad_accum_steps, mixed_precision=tc.mixed_precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=tc.seed),
-        dynamo_plugin=compile_plugin,
+        dynamo_plugin=compile_plugin, log_with=tc.log_with or None, project_dir=str(out / "trackers"),
     )
     set_seed(tc.seed)
 
@@ -222,7 +227,10 @@ def train(config: RunConfig, progress: bool = True) -> dict:
         logger.info("resumed from %s (epoch %d, step %d)", state_dir, state.epoch, state.global_step)
     song_of_index = {i: s for s, i in train_set.song_index.items()}
 
-    log = RunLog(out / "log.jsonl", accelerator.is_main_process)
+    if tc.log_with:
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flat(config.to_dict()).items()}
+        accelerator.init_trackers(out.name, config=hparams)
+    log = RunLog(out / "log.jsonl", accelerator.is_main_process, accelerator)
     log.keep_until(state.global_step)  # a killed run logged steps past its last state
     bar = tqdm(total=tc.epochs * len(train_loader), initial=state.epoch * len(train_loader) + state.batches_done,
                desc="training", unit="batch", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
@@ -284,6 +292,8 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     if state.best_value is None:  # no validation rows: the last model is the best we know
         _export(accelerator, model, tokenizer, config, out / "best", store, encoder)
     accelerator.wait_for_everyone()
+    if tc.log_with:
+        accelerator.end_training()
     return {"output_dir": str(out), "global_step": state.global_step, "epochs": state.epoch,
             "best": {tc.select_metric: state.best_value}, "best_epoch": state.best_epoch,
             "seconds": round(time.perf_counter() - started, 1),
@@ -318,6 +328,17 @@ def music_statistics(store: EmbeddingStore, song_ids: set[str]) -> tuple[torch.T
     mean = total / count
     std = np.sqrt(np.maximum(sq / count - mean**2, 0.0))
     return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1e-4}} -> {"train.lr": 1e-4}: trackers take flat hyper-parameters."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _log_train(log: RunLog, window: dict, state: TrainerState, scheduler, bar) -> None:
