@@ -455,6 +455,7 @@ def test_paths_a_run_records_are_absolute_so_its_models_work_from_any_directory(
 
 
 def test_tensorboard_gets_the_numbers_of_log_jsonl(tiny_corpus, tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard is tested where it is installed: pip install 'alcap[tensorboard]'")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     config = tiny_config(tiny_corpus, tmp_path / "run", **{"train.epochs": 1, "train.eval_generate": "false",
