@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .audio.cnnsa import CheckpointError, load_cnnsa, random_cnnsa
-from .audio.decode import AudioError, Excerpt, load_audio, load_waveform
+from .audio.decode import AudioError, Excerpt, load_audio, load_waveform, source_name
 from .audio.extractor import CNNSAExtractor, MusicExtractor, MusicnnExtractor, extractor_class, resolve_device
 from .audio.musicnn import MusicnnError
 from .config import GenerationConfig, RunConfig, load_run_config
@@ -109,20 +109,6 @@ class CaptionResult:
         return self.error is None
 
 
-def describe_source(audio) -> str:
-    """How an input is named in results and errors: its path, else what kind of input it is."""
-    if isinstance(audio, (str, Path)):
-        return str(audio)
-    if isinstance(audio, (bytes, bytearray, memoryview)):
-        return "<audio bytes>"
-    if hasattr(audio, "read"):
-        name = getattr(audio, "name", None)
-        return name if isinstance(name, str) else "<audio file object>"
-    if audio is None:
-        return "<no audio>"
-    return "<waveform>"
-
-
 class Captioner:
     """A trained model with its music encoder, ready to caption songs.
 
@@ -197,7 +183,7 @@ class Captioner:
                 return self.caption_batch(audios, lyrics, errors, progress, sample_rate)
             finally:
                 self.generation = configured
-        results = [CaptionResult(source=describe_source(a), lyrics=lyr or "") for a, lyr in zip(audios, lyrics)]
+        results = [CaptionResult(source=source_name(a), lyrics=lyr or "") for a, lyr in zip(audios, lyrics)]
         music: dict[int, np.ndarray] = {}
         size = self.generation.batch_size
         for start in range(0, len(audios), size):  # a batch of waves in memory at a time

@@ -126,6 +126,18 @@ def _os_reason(path: Path, exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def source_name(audio) -> str:
+    """How an audio input is named in results and errors: its path, else what kind of input it is."""
+    if isinstance(audio, (str, Path)):
+        return str(audio)
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        return "<audio bytes>"
+    if hasattr(audio, "read"):
+        name = getattr(audio, "name", None)
+        return name if isinstance(name, str) else "<audio file object>"
+    return "<no audio>" if audio is None else "<waveform>"
+
+
 def load_audio(path, sample_rate: int = 16000, excerpt: Excerpt = Excerpt()) -> Clip:
     """Decode, downmix to mono, resample (soxr, band-limited) and cut/pad the excerpt.
 
@@ -133,11 +145,8 @@ def load_audio(path, sample_rate: int = 16000, excerpt: Excerpt = Excerpt()) -> 
     if isinstance(path, (bytes, bytearray, memoryview)):
         import io
 
-        return _load(io.BytesIO(bytes(path)), "<audio bytes>", sample_rate, excerpt)
-    if hasattr(path, "read"):
-        name = getattr(path, "name", None)
-        return _load(path, name if isinstance(name, str) else "<audio file object>", sample_rate, excerpt)
-    return _load(path, path, sample_rate, excerpt)
+        return _load(io.BytesIO(bytes(path)), source_name(path), sample_rate, excerpt)
+    return _load(path, source_name(path) if hasattr(path, "read") else path, sample_rate, excerpt)
 
 
 def load_waveform(wave, source_rate: int, sample_rate: int = 16000, excerpt: Excerpt = Excerpt(),

@@ -106,7 +106,8 @@ class VectorIndex:
         live = np.zeros(len(matrix), dtype=bool)
         live[live_rows] = True
         vectors = np.asarray(matrix[picked], dtype=np.float32)
-        truth = [[r for r in exact_top(matrix, v, k + 1, live_rows)[0].tolist() if r != row][:k]
+        among = None if len(live_rows) == len(matrix) else live_rows  # None: no gathered copy of every row
+        truth = [[r for r in exact_top(matrix, v, k + 1, among)[0].tolist() if r != row][:k]
                  for v, row in zip(vectors, picked.tolist())]
         for nprobe in NPROBES:
             if nprobe > self.meta["nlist"]:
