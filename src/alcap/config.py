@@ -7,7 +7,7 @@ always be traced to the exact settings that produced it.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -16,30 +16,37 @@ import torch
 import yaml
 
 from .model.captioner import AlcapConfig
+from .utils import setting
 
 
 @dataclass
 class DataConfig:
-    manifest: str = ""
-    embeddings: str | None = None  # embedding store; None trains the lyrics-only baseline
-    train_split: str = "train"
-    val_split: str = "val"
-    max_lyrics_tokens: int = 512
-    max_caption_tokens: int = 512
-    num_workers: int = 0
-    # Batch rows of similar length together (shuffled groups of batches), so that dynamic padding
-    # wastes little; off: plain random batches, as the original.
-    length_grouping: bool = True
-    # Words that state each attribute value in a caption (metrics/attributes.py), for
-    # val/stated_* and attribute accuracy; None: attributes.json beside the manifest, if any.
-    attribute_words: str | None = None
+    """Where the songs come from and how they are batched."""
+
+    manifest: str = setting("", "the data set's manifest (JSONL or CSV; see `alcap data`)")
+    embeddings: str | None = setting(None, "embedding store of the songs' music (h_m, from `alcap embed`); "
+                                           "null trains the lyrics-only baseline")
+    train_split: str = setting("train", "the manifest split trained on")
+    val_split: str = setting("val", "the manifest split validated on (and selected by)")
+    max_lyrics_tokens: int = setting(512, "lyrics longer than this are truncated (BART's limit is 1024)")
+    max_caption_tokens: int = setting(512, "captions longer than this are truncated")
+    num_workers: int = setting(0, "DataLoader worker processes (0: batches are made in the main process)")
+    length_grouping: bool = setting(
+        True, "batch rows of similar length together (shuffled groups of batches), so dynamic padding "
+        "wastes little; false: plain random batches, as the original")
+    attribute_words: str | None = setting(
+        None, "words that state each attribute value in a caption, for val/stated_* and attribute "
+        "accuracy; null: attributes.json beside the manifest, if any")
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "facebook/bart-base"  # hub id, local directory, or preset: tiny, bart-base
-    tokenizer_vocab_size: int = 8000  # presets only: size of the BPE trained on the training text
-    alcap: AlcapConfig = field(default_factory=AlcapConfig)
+    """The backbone and what ALCAP adds to it."""
+
+    backbone: str = setting("facebook/bart-base", "Hugging Face Hub id, local BART directory, or a preset "
+                                                  "(tiny, bart-base: randomly initialised, for tests and the demo)")
+    tokenizer_vocab_size: int = setting(8000, "presets only: size of the BPE trained on the training text")
+    alcap: AlcapConfig = setting(help="music fusion and contrastive alignment", factory=AlcapConfig)
 
 
 AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,17 +56,20 @@ AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class GenerationConfig:
     """Decoding for evaluation and captioning; deterministic 4-beam search by default."""
 
-    num_beams: int = 4
-    do_sample: bool = False
-    top_p: float | None = None  # the original: num_beams 4, do_sample true, top_p 0.92
-    temperature: float | None = None  # sampling only; None: HF's 1.0
-    num_return_sequences: int = 1  # captions per song (<= num_beams under beam search)
-    max_new_tokens: int = 128
-    min_new_tokens: int | None = None  # e.g. equal to max_new_tokens for fixed-length benchmarks
-    no_repeat_ngram_size: int = 0
-    batch_size: int = 16
-    # Autocast of decoding on a GPU: no, bf16 or fp16 (ignored on the CPU, where it is slower).
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    num_beams: int = setting(4, "beams of beam search (1: greedy or plain sampling)")
+    do_sample: bool = setting(False, "sample instead of searching deterministically (the original sampled: "
+                                     "num_beams 4, do_sample true, top_p 0.92)")
+    top_p: float | None = setting(None, "nucleus sampling: keep the smallest set of tokens with this much "
+                                        "probability; null: HF's default (1.0)")
+    temperature: float | None = setting(None, "sampling temperature; null: HF's 1.0")
+    num_return_sequences: int = setting(1, "captions per song (at most num_beams under beam search)")
+    max_new_tokens: int = setting(128, "longest caption, in tokens")
+    min_new_tokens: int | None = setting(None, "shortest caption, in tokens (e.g. equal to max_new_tokens "
+                                               "for fixed-length benchmarks)")
+    no_repeat_ngram_size: int = setting(0, "forbid repeating any n-gram of this size (0: off)")
+    batch_size: int = setting(16, "songs captioned together")
+    mixed_precision: Literal["no", "bf16", "fp16"] = setting(
+        "no", "autocast of decoding on a GPU: no, bf16 or fp16 (ignored on the CPU, where it is slower)")
 
     def check(self) -> None:
         if self.num_return_sequences < 1 or (not self.do_sample and self.num_return_sequences > self.num_beams):
@@ -94,64 +104,71 @@ class GenerationConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 26
-    grad_accum_steps: int = 1
-    optimizer: Literal["adafactor", "adamw"] = "adafactor"  # adafactor: the original's settings
-    lr: float = 5e-5
-    # LR of the fusion and alignment parameters when it should differ from the backbone's
-    # (None: the same). New, randomly initialised modules on a pretrained backbone often want more.
-    new_modules_lr: float | None = None
-    weight_decay: float = 0.0
-    lr_step_epochs: int = 10  # StepLR: multiply the LR by lr_gamma every lr_step_epochs epochs
-    lr_gamma: float = 0.1
-    warmup_steps: int = 0  # linear LR warm-up (the original had none)
-    max_grad_norm: float | None = None
-    eval_every_epochs: int = 1
-    # Each evaluation also captions the validation songs (decoding as in `generation`, beams as
-    # eval_num_beams) and logs val/rouge1_recall, ..., val/meteor, selectable as select_metric.
-    eval_generate: bool = True
-    eval_generate_songs: int | None = None  # caption only the first N validation songs (None: all)
-    eval_num_beams: int | None = None  # None: generation.num_beams
-    # The checkpoint with the best value of this is kept as best/. The caption loss, not
-    # val/loss: ALCAP's val/loss adds alpha x the contrastive loss, so methods would be
-    # selected on different quantities.
-    select_metric: str = "val/caption_loss"
-    select_mode: Literal["auto", "min", "max"] = "auto"  # auto: min for losses, max for everything else
+    """Optimisation, validation, checkpoints and logging."""
+
+    epochs: int = setting(20, "passes over the training split")
+    batch_size: int = setting(26, "training rows per step and process")
+    grad_accum_steps: int = setting(1, "batches accumulated into one optimiser step")
+    optimizer: Literal["adafactor", "adamw"] = setting("adafactor", "adafactor: the original's settings; or adamw")
+    lr: float = setting(5e-5, "learning rate")
+    new_modules_lr: float | None = setting(
+        None, "learning rate of the fusion and alignment parameters, when it should differ from the "
+        "backbone's (new, randomly initialised modules on a pretrained backbone often want more); null: lr")
+    weight_decay: float = setting(0.0, "weight decay")
+    lr_step_epochs: int = setting(10, "StepLR: multiply the learning rate by lr_gamma every this many epochs")
+    lr_gamma: float = setting(0.1, "StepLR's factor")
+    warmup_steps: int = setting(0, "linear learning-rate warm-up, in optimiser steps (the original had none)")
+    max_grad_norm: float | None = setting(None, "clip the gradient norm to this; null: no clipping")
+    eval_every_epochs: int = setting(1, "validate every this many epochs")
+    eval_generate: bool = setting(
+        True, "each validation also captions the validation songs (decoding as in generation) and logs "
+        "val/rouge1_recall, ..., val/meteor, which select_metric can select on")
+    eval_generate_songs: int | None = setting(None, "caption only the first N validation songs; null: all")
+    eval_num_beams: int | None = setting(None, "beams when validating; null: generation.num_beams")
+    select_metric: str = setting(
+        "val/caption_loss", "the checkpoint with the best value of this is kept as best/. The caption loss by "
+        "default, not val/loss, which for ALCAP adds alpha x the contrastive loss, so methods would be "
+        "selected on different quantities")
+    select_mode: Literal["auto", "min", "max"] = setting("auto", "auto: lower is better for losses, higher "
+                                                                 "for everything else")
+
+    early_stop_patience: int | None = setting(None, "validations without improvement before stopping; "
+                                                    "null: never stop early")
+    seed: int = setting(2020, "seed of the initialisation, shuffling and dropout")
+    mixed_precision: Literal["no", "bf16", "fp16"] = setting("no", "no, or bf16/fp16 on a GPU")
+    nonfinite_loss: Literal["stop", "skip"] = setting(
+        "stop", "a step whose loss is NaN or infinite: stop the run with an error (bad data or a diverged "
+        "model must not become an exported model), or skip the batch (logged as train/skipped_steps)")
+    max_skipped_steps: int = setting(10, "with nonfinite_loss skip: stop after this many skipped steps")
+    compile: bool = setting(
+        False, "torch.compile the model (through Accelerate) with dynamic shapes, so dynamic padding does "
+        "not recompile every batch; pays off on a GPU over long runs, the first steps are slow")
+    compile_backend: str = setting("inductor", "the torch.compile backend (e.g. aot_eager to debug)")
+    compile_mode: str | None = setting(None, "torch.compile mode: null, reduce-overhead or max-autotune")
+    log_every_steps: int = setting(10, "write the training losses to log.jsonl every this many steps")
+    log_with: list[str] = setting(
+        help="experiment trackers through Accelerate, besides log.jsonl: tensorboard, wandb, mlflow, ... "
+        "(each needs its package; tensorboard writes into the run directory's trackers/)", factory=list)
+    keep_last_states: int = setting(2, "resume states kept (older ones are deleted)")
+    save_every_steps: int | None = setting(None, "also save a resume state every N optimiser steps "
+                                                 "(always at epoch ends); null: epoch ends only")
+    max_steps: int | None = setting(None, "stop after this many optimiser steps (smoke tests); null: no limit")
 
     def selects_lower(self) -> bool:
         if self.select_mode not in ("auto", "min", "max"):
             raise ValueError(f"train.select_mode must be auto, min or max, not {self.select_mode!r}")
         return self.select_mode == "min" or (self.select_mode == "auto" and "loss" in self.select_metric)
-    early_stop_patience: int | None = None  # evaluations without improvement before stopping
-    seed: int = 2020
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16/fp16 on a GPU
-    # A step whose loss is NaN or infinite: "stop" the run with an error (the default: bad data
-    # or a diverged model must not become an exported model), or "skip" the batch, logged
-    # as train/skipped_steps, and stop only after max_skipped_steps of them.
-    nonfinite_loss: Literal["stop", "skip"] = "stop"
-    max_skipped_steps: int = 10
-    # torch.compile the model (through Accelerate) with dynamic shapes, so dynamic padding does
-    # not recompile every batch. Pays off on GPU over long runs; the first steps are slow.
-    compile: bool = False
-    compile_backend: str = "inductor"  # any torch.compile backend (e.g. aot_eager to debug)
-    compile_mode: str | None = None  # None, reduce-overhead, max-autotune
-    log_every_steps: int = 10
-    # Experiment trackers through Accelerate, besides log.jsonl: tensorboard, wandb, mlflow, ...
-    # (each needs its package; tensorboard writes into the run directory's trackers/).
-    log_with: list[str] = field(default_factory=list)
-    keep_last_states: int = 2
-    save_every_steps: int | None = None  # resume states also every N optimiser steps (always at epoch ends)
-    max_steps: int | None = None  # stop early after this many optimiser steps (smoke tests)
 
 
 @dataclass
 class RunConfig:
-    output_dir: str = "runs/alcap"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """Everything a training run needs; saved as run_config.yaml in the run and beside every exported model."""
+
+    output_dir: str = setting("runs/alcap", "run directory: resume states, log.jsonl, best/ and last/")
+    data: DataConfig = setting(help="the songs and their batches", factory=DataConfig)
+    model: ModelConfig = setting(help="the backbone and what ALCAP adds to it", factory=ModelConfig)
+    train: TrainConfig = setting(help="the optimisation", factory=TrainConfig)
+    generation: GenerationConfig = setting(help="decoding, for validation and captioning", factory=GenerationConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -393,3 +410,54 @@ def load_run_config(model_dir: str | Path) -> RunConfig:
 
 def save_config(config: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def config_entries(config: Any, prefix: str = "") -> list[dict]:
+    """Every section and key of a (nested) config, in file order, with its value, default and
+    meaning: the one reference that `alcap config show` and docs/config.md print."""
+    defaults = type(config)()
+    out = []
+    for f in fields(config):
+        key, value, meaning = f"{prefix}{f.name}", getattr(config, f.name), f.metadata.get("help", "")
+        if dataclasses.is_dataclass(value):
+            out.append({"key": key, "section": True, "help": meaning})
+            out += config_entries(value, f"{key}.")
+        else:
+            out.append({"key": key, "section": False, "help": meaning, "value": value,
+                        "default": getattr(defaults, f.name)})
+    return out
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def describe_config(config: RunConfig, fmt: Literal["yaml", "markdown"] = "yaml") -> str:
+    """The config with every key's meaning: commented YAML that loads back as the same config,
+    or Markdown tables (the documentation's reference)."""
+    import textwrap
+
+    lines = []
+    if fmt == "markdown":
+        entries = config_entries(config)
+        top = [e for e in entries if "." not in e["key"] and not e["section"]]
+        entries = [{"key": "run", "section": True, "help": "the run itself"}] + top + [e for e in entries if e not in top]
+        for entry in entries:
+            if entry["section"]:
+                lines += ["", f"### `{entry['key']}`: {entry['help']}", "", "| key | default | meaning |",
+                          "|---|---|---|"]
+            else:
+                default = _yaml_value(entry["default"]).replace("|", "\\|")
+                lines.append(f"| `{entry['key'].rsplit('.', 1)[-1]}` | `{default}` | {entry['help']} |")
+        return "\n".join(lines).lstrip("\n") + "\n"
+    for entry in config_entries(config):
+        indent = "  " * entry["key"].count(".")
+        name = entry["key"].rsplit(".", 1)[-1]
+        note = entry["help"]
+        if not entry["section"] and entry["value"] != entry["default"]:
+            note += f" [default: {_yaml_value(entry['default'])}]"
+        if lines and not indent:
+            lines.append("")
+        lines += textwrap.wrap(note, width=100, initial_indent=f"{indent}# ", subsequent_indent=f"{indent}# ")
+        lines.append(f"{indent}{name}:" if entry["section"] else f"{indent}{name}: {_yaml_value(entry['value'])}")
+    return "\n".join(lines) + "\n"

@@ -87,3 +87,13 @@ def compute_environment() -> dict:
         "versions": {name: ver(name) for name in ("alcap", "torch", "numpy", "transformers", "tokenizers", "accelerate",
                                                   "safetensors", "soundfile", "soxr")},
     }
+
+
+def setting(default=None, help: str = "", *, factory=None):
+    """A dataclass field that carries its meaning, so one description serves the code, `alcap
+    config show` and docs/config.md."""
+    from dataclasses import field
+
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import audio, caption, data, evaluate, library, train
+from . import audio, caption, config, data, evaluate, library, train
 
 EPILOG = "Documentation: README.md. Every command prints its own --help."
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_train(sub)
     train.add_experiment(sub)
     train.add_sweep(sub)
+    config.add_config(sub)
     evaluate.add_evaluate(sub)
     evaluate.add_report(sub)
     evaluate.add_attention(sub)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (timeout, schedulers, `kill`) ends a command the way Ctrl-C does, so what is
     # done is kept and the command says so; the default handler would just vanish.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _in_main_thread() else None
-    group = next((getattr(args, key) for key in ("data_command", "store_command", "library_command", "diagnostic")
+    group = next((getattr(args, key) for key in ("data_command", "store_command", "library_command", "config_command", "diagnostic")
                   if getattr(args, key, None)), None)
     name = f"alcap {args.command}" + (f" {group}" if group else "")
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from typing import Literal
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from .alignment import AlignmentHead, gather_across_processes, info_nce, info_nce_log_candidates, song_index
 from .beam import BEAM_SDPA, BeamCache
+from ..utils import setting
 from .fusion import FusionBlock
 
 CONFIG_FILE, WEIGHTS_FILE = "alcap_config.json", "model.safetensors"
@@ -31,28 +32,29 @@ CONFIG_FILE, WEIGHTS_FILE = "alcap_config.json", "model.safetensors"
 class AlcapConfig:
     """What ALCAP adds to BART. Defaults are the original code's for `bart-base`."""
 
-    use_music: bool = True  # False: the lyrics-only BART baseline
-    music_dim: int = 256
-    # Standardise h_m per feature with statistics of the training songs (kept as buffers).
-    # Off in the original. It removes an offset all songs share (musicnn: mean vector norm 17.8
-    # of 24.5), so the differences between songs are the signal. With fusion_norm "post" unit-
-    # variance music once swamped the lyric states (trained tagger: theme right 98% -> 42%);
-    # "update" bounds the music's share whatever its scale. The demo turns it on.
-    music_standardize: bool = False
-    fusion_layers: list[int] = field(default_factory=lambda: [4, 5])  # fuse after these encoder layers (0-based)
-    fusion_shared: bool = True  # one fusion block reused at every fusion layer
-    fusion_heads: int = 1
-    fusion_residual_scale: float = 0.1
-    fusion_forget_gate: bool = False
-    fusion_dropout: float = 0.0
-    # Where the fusion block's LayerNorm sits (model/fusion.py): "post", the original's
-    # LayerNorm(h + 0.1 attn), or "update", h + 0.1 LayerNorm(attn). Model directories
-    # exported before this option existed load as "post".
-    fusion_norm: Literal["post", "update"] = "update"
-    align_layer: int | None = None  # lyrics states entering this layer; None: the first fusion layer
-    alpha: float = 0.02  # weight of the contrastive loss; 0 = BART-fusion
-    temperature: float = 0.3
-    symmetric: bool = False
+    use_music: bool = setting(True, "fuse music into the lyrics encoder; false: the lyrics-only BART baseline")
+    music_dim: int = setting(256, "width of the music embeddings h_m (the music encoder's output)")
+    music_standardize: bool = setting(
+        False, "standardise h_m per feature with the training songs' statistics (kept in the model). It removes "
+        "the offset all songs share, so what differs between songs is the signal; off in the original, on in "
+        "configs/demo.yaml")
+    fusion_layers: list[int] = setting(help="fuse music after these encoder layers (0-based)",
+                                       factory=lambda: [4, 5])
+    fusion_shared: bool = setting(True, "one fusion block reused at every fusion layer")
+    fusion_heads: int = setting(1, "attention heads of the fusion block's lyrics-to-music attention")
+    fusion_residual_scale: float = setting(0.1, "weight of the fusion update added to the lyrics states")
+    fusion_forget_gate: bool = setting(False, "a learned per-feature gate on the fusion update (BART-fusion had it; ALCAP turns it off)")
+    fusion_dropout: float = setting(0.0, "dropout in the fusion block's attention")
+    fusion_norm: Literal["post", "update"] = setting(
+        "update", "where the fusion block's LayerNorm sits: post, the original's LayerNorm(h + 0.1 attn), or "
+        "update, h + 0.1 LayerNorm(attn), which bounds the music's share whatever its scale. Models exported "
+        "before this option existed load as post")
+    align_layer: int | None = setting(None, "the alignment head reads the lyrics states entering this encoder "
+                                            "layer; null: the first fusion layer")
+    alpha: float = setting(0.02, "weight of the contrastive audio-lyrics loss; 0 is BART-fusion")
+    temperature: float = setting(0.3, "temperature of the InfoNCE contrastive loss")
+    symmetric: bool = setting(False, "contrast both directions (music to lyrics and lyrics to music); "
+                                     "false: music to lyrics, as the original")
 
     def alignment_layer(self) -> int:
         return self.align_layer if self.align_layer is not None else min(self.fusion_layers)
