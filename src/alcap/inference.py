@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,10 @@ from .audio.musicnn import MusicnnError
 from .config import GenerationConfig, RunConfig, load_run_config
 from .data.dataset import pad_music
 from .model.captioner import AlcapModel, ModelDirError, model_directory
+from .utils import share_as_umask
 
 ENCODER_DIR = "music_encoder"
+SHARED_ENCODERS_DIR = "music_encoders"  # in a run directory: each encoder's weights once, by sha256
 
 
 def extractor_from_store_meta(meta: dict, device="cpu", store_root: str | Path | None = None) -> MusicExtractor:
@@ -59,22 +63,57 @@ def extractor_from_store_meta(meta: dict, device="cpu", store_root: str | Path |
     return CNNSAExtractor(model, digest, source=source, device=device)
 
 
-def save_music_encoder(extractor: MusicExtractor, excerpt: dict, directory: Path) -> None:
+def save_music_encoder(extractor: MusicExtractor, excerpt: dict, directory: Path, shared: Path | None = None) -> None:
+    """Write `directory/music_encoder/`: the weights and encoder.json (identity with the weights'
+    sha256, source, excerpt, tag names). With `shared` (a run's music_encoders/), the weights are
+    stored there once, named by their sha256, and hard-linked into the model directory: every
+    best/ and last/ of a run shares one copy on disk and each stays a complete directory."""
     from safetensors.torch import save_file
 
     target = directory / ENCODER_DIR
     target.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in extractor.model.state_dict().items()}
-    save_file(state, str(target / "model.safetensors"))
-    (target / "encoder.json").write_text(json.dumps(
-        {"identity": extractor.identity(), "source": extractor.source, "excerpt": excerpt}, indent=2) + "\n")
+    weights = target / "model.safetensors"
+
+    def write(path: Path) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in extractor.model.state_dict().items()}
+        save_file(state, str(path))
+        share_as_umask(path)
+
+    if shared is None:
+        write(weights)
+    else:
+        shared.mkdir(parents=True, exist_ok=True)
+        blob = shared / f"{extractor.weights_sha256}.safetensors"
+        if not blob.is_file():
+            partial = blob.with_name(blob.name + ".tmp")
+            write(partial)
+            os.replace(partial, blob)
+        weights.unlink(missing_ok=True)
+        try:
+            os.link(blob, weights)
+        except OSError:  # a file system without hard links: a copy
+            shutil.copyfile(blob, weights)
+    record = {"identity": extractor.identity(), "source": extractor.source, "excerpt": excerpt}
+    try:
+        record["tags"] = list(extractor.tag_names())
+    except NotImplementedError:
+        pass
+    (target / "encoder.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def is_encoder_directory(path: str | Path) -> bool:
+    """A model's music_encoder/ (or a model directory that has one)."""
+    path = Path(path)
+    return (path / "encoder.json").is_file() or (path / ENCODER_DIR / "encoder.json").is_file()
 
 
 def load_music_encoder(directory: Path, device="cpu") -> tuple[MusicExtractor, Excerpt]:
+    """The music encoder of a model directory (or of its music_encoder/ given directly)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    encoder_dir = directory / ENCODER_DIR
+    directory = Path(directory)
+    encoder_dir = directory if (directory / "encoder.json").is_file() else directory / ENCODER_DIR
     if not encoder_dir.is_dir():
         raise ModelDirError(f"{encoder_dir}: missing; a music model carries the music encoder its embeddings came "
                             "from (every exported best/ and last/ has it): copy the model directory again")
@@ -86,7 +125,8 @@ def load_music_encoder(directory: Path, device="cpu") -> tuple[MusicExtractor, E
                             "copy the model directory again") from None
     identity = meta.get("identity", {})
     try:
-        extractor = extractor_class(identity.get("name", "cnnsa")).from_state(identity, state, meta["source"], device)
+        extractor = extractor_class(identity.get("name", "cnnsa")).from_state(identity, state, meta["source"], device,
+                                                                              tags=meta.get("tags"))
     except (ValueError, KeyError, CheckpointError) as exc:
         raise ModelDirError(f"{encoder_dir}: the music encoder files do not describe a known encoder "
                             f"({str(exc).splitlines()[0]})") from None

@@ -97,3 +97,42 @@ def setting(default=None, help: str = "", *, factory=None):
     if factory is not None:
         return field(default_factory=factory, metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux's /proc), else by setting it back."""
+    import os
+
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_as_umask(root) -> None:
+    """Give the files under `root` the permissions a newly created file gets (0666 minus the
+    umask). safetensors writes its files 0600, so a model exported into a group's directory
+    would otherwise be unreadable to the group."""
+    import os
+    from pathlib import Path
+
+    mode = 0o666 & ~current_umask()
+    root = Path(root)
+    for path in [root] if root.is_file() else (p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+        if path.stat().st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+
+
+def alcap_cache():
+    """alcap's own cache folder: $ALCAP_CACHE, else $XDG_CACHE_HOME/alcap, else ~/.cache/alcap."""
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("ALCAP_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alcap"
+    return Path(root).expanduser()

@@ -95,6 +95,7 @@ def test_trained_tagger_learns_the_tags_and_keeps_the_convolutions(tmp_path):
                        tmp_path / "captioner")
     extractor, _ = load_music_encoder(tmp_path / "captioner")
     assert extractor.weights_sha256 == report.weights_sha256 and extractor.model.dense.out_features == 3
+    assert extractor.tag_names() == ("sine", "square", "loud")  # tags.txt travels with the model
 
 
 def test_train_tagger_cli_and_tag_names(tmp_path):

@@ -21,6 +21,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .cnnsa import CNNSA, Res2d, load_cnnsa, load_state_dict_strict, random_cnnsa, state_dict_sha256
 from . import musicnn
+from .tags import default_tag_names, tag_names
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -54,6 +55,10 @@ class MusicExtractor(ABC):
         """(B, N) -> (B, n_tags) tag probabilities of the encoder's own tagging head, if it has one."""
         raise NotImplementedError(f"the {self.name} encoder has no tagging head")
 
+    def tag_names(self) -> tuple[str, ...]:
+        """Names of the tagging head's outputs, in order."""
+        raise NotImplementedError(f"the {self.name} encoder has no tagging head")
+
     @classmethod
     def from_state(cls, identity: dict, state: dict[str, torch.Tensor], source: str,
                    device: str | torch.device = "cpu") -> "MusicExtractor":
@@ -68,8 +73,11 @@ class CNNSAExtractor(MusicExtractor):
     name = "cnnsa"
     dim = 256
 
-    def __init__(self, model: CNNSA, weights_sha256: str, source: str, device: str | torch.device = "auto"):
+    def __init__(self, model: CNNSA, weights_sha256: str, source: str, device: str | torch.device = "auto",
+                 tags: tuple[str, ...] | None = None):
         self.device = resolve_device(device)
+        # The tag head's names: tags.txt of a trained tagger, else the MSD top-50 for 50 tags.
+        self.tags = tuple(tags) if tags else default_tag_names(model.dense.out_features)
         self.model = model.eval().to(self.device)  # the checkpoint's layout: hashed, exported, inspected
         self._inference = inference_copy(self.model)
         self.weights_sha256 = weights_sha256
@@ -80,13 +88,14 @@ class CNNSAExtractor(MusicExtractor):
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto") -> "CNNSAExtractor":
         model, digest = load_cnnsa(path)
         # Resolved: stores and models record the source, and are used from other directories.
-        return cls(model, digest, source=str(Path(path).resolve()), device=device)
+        return cls(model, digest, source=str(Path(path).resolve()), device=device,
+                   tags=tag_names(path, model.dense.out_features))
 
     @classmethod
-    def from_state(cls, identity, state, source, device="cpu") -> "CNNSAExtractor":
+    def from_state(cls, identity, state, source, device="cpu", tags=None) -> "CNNSAExtractor":
         model = CNNSA(n_tags=state["dense.weight"].shape[0] if "dense.weight" in state else 50)
         load_state_dict_strict(model, state, source)
-        return cls(model, state_dict_sha256(model.state_dict()), source=source, device=device)
+        return cls(model, state_dict_sha256(model.state_dict()), source=source, device=device, tags=tags)
 
     @classmethod
     def random_init(cls, seed: int = 0, device: str | torch.device = "auto") -> "CNNSAExtractor":
@@ -113,6 +122,9 @@ class CNNSAExtractor(MusicExtractor):
     def tag(self, waves: torch.Tensor) -> torch.Tensor:
         """(B, N) -> (B, n_tags) tag probabilities."""
         return self._inference(waves.to(self.device)).tag_probs.float().cpu()
+
+    def tag_names(self) -> tuple[str, ...]:
+        return self.tags
 
 
 def inference_copy(model: CNNSA) -> CNNSA:
@@ -158,7 +170,7 @@ class MusicnnExtractor(MusicExtractor):
         return cls(name, model, state_dict_sha256(model.state_dict()), source, device)
 
     @classmethod
-    def from_state(cls, identity, state, source, device="cpu") -> "MusicnnExtractor":
+    def from_state(cls, identity, state, source, device="cpu", tags=None) -> "MusicnnExtractor":
         model = musicnn.Musicnn(n_tags=state["tags.weight"].shape[0] if "tags.weight" in state else 50)
         load_state_dict_strict(model, state, source)
         return cls(identity["name"], model, state_dict_sha256(model.state_dict()), source, device)

@@ -277,8 +277,9 @@ def labels(variant: str) -> tuple[str, ...]:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("ALCAP_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alcap"
-    return Path(root) / "musicnn"
+    from ..utils import alcap_cache
+
+    return alcap_cache() / "musicnn"
 
 
 def converted_weights(variant: str) -> tuple[Path, str]:

@@ -34,6 +34,11 @@ def tag_names(checkpoint: str | Path, n_tags: int) -> tuple[str, ...]:
         names = tuple(line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip())
         if len(names) == n_tags:
             return names
+    return default_tag_names(n_tags)
+
+
+def default_tag_names(n_tags: int) -> tuple[str, ...]:
+    """The MSD top-50 for a 50-tag head (the public checkpoint's), else tag0, tag1, ..."""
     if n_tags == len(MSD_TOP50_TAGS):
         return MSD_TOP50_TAGS
     return tuple(f"tag{i}" for i in range(n_tags))

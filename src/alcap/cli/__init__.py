@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     audio.add_train_tagger(sub)
     audio.add_embed(sub)
     audio.add_store(sub)
+    audio.add_encoder(sub)
     train.add_train(sub)
     train.add_experiment(sub)
     train.add_sweep(sub)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (timeout, schedulers, `kill`) ends a command the way Ctrl-C does, so what is
     # done is kept and the command says so; the default handler would just vanish.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _in_main_thread() else None
-    group = next((getattr(args, key) for key in ("data_command", "store_command", "library_command", "config_command", "diagnostic")
+    group = next((getattr(args, key) for key in ("data_command", "store_command", "library_command", "config_command", "encoder_command", "diagnostic")
                   if getattr(args, key, None)), None)
     name = f"alcap {args.command}" + (f" {group}" if group else "")
     try:

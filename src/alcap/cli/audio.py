@@ -33,14 +33,11 @@ def cmd_tag(args) -> int:
     import torch
 
     from ..audio.decode import AudioError, load_audio, split_windows
-    from ..audio.tags import tag_names, top_tags
+    from ..audio.tags import top_tags
 
     args.random_init = None
     extractor = extractor_from(args)
-    if args.encoder == "cnnsa":
-        names = tag_names(args.checkpoint, extractor.model.dense.out_features)
-    else:
-        names = extractor.tag_names()
+    names = extractor.tag_names()
     excerpt = excerpt_from(args)
     if args.full_track:
         from ..audio.decode import Excerpt
@@ -299,4 +296,50 @@ def cmd_store_merge(args) -> int:
         print(f"merged {len(args.sources)} stores into {args.out}: {summary['songs']} songs "
               f"({summary['copied']} copied, {summary['already_in_output']} already there, "
               f"{summary['duplicates']} duplicates skipped, {summary['failures']} failures carried over)")
+    return 0
+
+
+def add_encoder(sub) -> None:
+    p = sub.add_parser("encoder", help="fetch public music-encoder weights (the MSD CNNSA checkpoint ALCAP uses)",
+                       description="Public music-encoder weights by name. `download` fetches them into the weights "
+                                   "folder (encoders/ in $ALCAP_CACHE, else ~/.cache/alcap), after which "
+                                   "`--checkpoint NAME` finds them; `list` shows what is known and what is there.")
+    inner = p.add_subparsers(dest="encoder_command", metavar="SUBCOMMAND", required=True)
+    d = inner.add_parser("download", help="fetch and verify public weights",
+                         description="Download NAME's weights from where they are published, verify them (the sha256 "
+                                     "where it is recorded or given with --sha256, and a strict load in the public "
+                                     "checkpoint layout) and keep them under DIR/. Weights already there are not "
+                                     "fetched again. Without a network it says where to put a copy fetched elsewhere.")
+    d.add_argument("name", metavar="NAME", choices=("cnnsa-msd",), help="weights to fetch: cnnsa-msd")
+    d.add_argument("--dir", metavar="DIR", help="folder to keep them in (default: the weights folder/NAME)")
+    d.add_argument("--url", metavar="URL", help="fetch from this address instead (a mirror)")
+    d.add_argument("--sha256", metavar="HEX", help="refuse a file whose sha256 differs from this")
+    d.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_encoder_download)
+    ls = inner.add_parser("list", help="known public weights, where they are published and whether they are here")
+    ls.set_defaults(func=cmd_encoder_list)
+
+
+def cmd_encoder_download(args) -> int:
+    from ..audio.weights import download_weights
+
+    result = download_weights(args.name, args.dir, url=args.url, sha256=args.sha256, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    how = "fetched" if result["fetched"] else "already there"
+    check = "sha256 verified" if result.get("sha256_verified") else "loaded in the public layout; sha256"
+    print(f"{args.name}: {how}: {result['path']}\n  {check} {result['sha256']}\n"
+          f"  use it with --checkpoint {args.name} (or --checkpoint {result['path']})")
+    return 0
+
+
+def cmd_encoder_list(args) -> int:
+    from ..audio.weights import PUBLIC_WEIGHTS, downloaded_weights, weights_home
+
+    for name, entry in PUBLIC_WEIGHTS.items():
+        path = downloaded_weights(name)
+        print(f"{name}: {entry.about}\n  published at {entry.url}\n  "
+              + (f"here: {path}" if path else f"not downloaded (would be kept in {weights_home() / name})"))
     return 0

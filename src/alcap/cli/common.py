@@ -62,8 +62,9 @@ def add_encoder_args(parser: argparse.ArgumentParser, random_init: bool) -> None
                             % (" or --random-init" if random_init else ""))
     group.add_argument("--checkpoint", metavar="PATH",
                        help="CNNSA checkpoint file or directory (with --encoder cnnsa): best_model.pth of "
-                            "minzwon/sota-music-tagging-models (models/msd/attention/), or a tagger made by "
-                            "`alcap train-tagger` (its tags.txt names the tags)")
+                            "minzwon/sota-music-tagging-models (models/msd/attention/), or just cnnsa-msd once "
+                            "`alcap encoder download cnnsa-msd` has fetched it; a tagger made by `alcap train-tagger` (its tags.txt names the "
+                            "tags), or a trained model's music_encoder/ (the encoder it was trained with)")
     if random_init:
         group.add_argument("--random-init", type=int, metavar="SEED",
                            help="a randomly initialised CNNSA with this seed (with --encoder cnnsa; tests and "
@@ -80,11 +81,29 @@ def extractor_from(args):
                              "--checkpoint and --random-init are for --encoder cnnsa")
         return MusicnnExtractor.from_package(args.encoder, device=args.device)
     if args.checkpoint:
-        return CNNSAExtractor.from_checkpoint(args.checkpoint, device=args.device)
+        from ..inference import is_encoder_directory, load_music_encoder
+
+        if is_encoder_directory(args.checkpoint):  # a model's music_encoder/: whichever encoder it carries
+            return load_music_encoder(args.checkpoint, device=args.device)[0]
+        return CNNSAExtractor.from_checkpoint(named_checkpoint(args.checkpoint), device=args.device)
     if args.random_init is not None:
         return CNNSAExtractor.random_init(args.random_init, device=args.device)
     raise ValueError("--encoder cnnsa needs its weights: --checkpoint PATH (the MSD checkpoint, or a tagger made "
                      "by `alcap train-tagger`) or --random-init SEED; or use --encoder musicnn-msd, pretrained offline")
+
+
+def named_checkpoint(checkpoint: str) -> str:
+    """--checkpoint as given, or for a public weights name (cnnsa-msd) that is not a path, the
+    file `alcap encoder download` keeps."""
+    from ..audio.weights import PUBLIC_WEIGHTS, downloaded_weights, weights_home
+
+    if checkpoint not in PUBLIC_WEIGHTS or Path(checkpoint).exists():
+        return checkpoint
+    path = downloaded_weights(checkpoint)
+    if path is None:
+        raise ValueError(f"--checkpoint {checkpoint}: not downloaded yet (looked in {weights_home() / checkpoint}); "
+                         f"run `alcap encoder download {checkpoint}` first")
+    return str(path)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

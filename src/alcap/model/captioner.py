@@ -9,6 +9,7 @@ the first fusion layer and the fusion block can act after chosen layers. The dec
 from __future__ import annotations
 
 import json
+import re
 from typing import Literal
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -298,9 +299,17 @@ class ModelDirError(ValueError):
     """A model directory that is missing, incomplete or damaged; the message names the file."""
 
 
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
 def model_directory(directory: str | Path) -> Path:
-    """`directory` if it looks like an exported alcap model, else a ModelDirError saying why."""
-    directory = Path(directory)
+    """`directory` if it looks like an exported alcap model, else a ModelDirError saying why. A
+    Hugging Face Hub repo id (`owner/name`, optionally `@revision`) that is not a local path is
+    fetched into the Hugging Face cache, or found there offline (HF_HUB_OFFLINE=1)."""
+    text = str(directory)
+    directory = Path(directory).expanduser()
+    if not directory.exists() and HUB_REPO_ID.match(text):
+        directory = hub_snapshot(text)
     if not directory.exists():
         raise ModelDirError(f"{directory}: model directory not found")
     if not directory.is_dir():
@@ -309,6 +318,32 @@ def model_directory(directory: str | Path) -> Path:
         hint = " (it is a run directory: use its best/ or last/)" if (directory / "best").is_dir() else ""
         raise ModelDirError(f"{directory}: not an alcap model directory (no {CONFIG_FILE}){hint}")
     return directory
+
+
+def hub_snapshot(repo: str) -> Path:
+    """The local snapshot of a Hub model repo: downloaded once, then read from the cache."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    repo_id, _, revision = repo.partition("@")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None))
+    except GatedRepoError:
+        raise ModelDirError(f"{repo}: a gated Hub repository; accept its terms on the Hub and log in "
+                            "(`hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise ModelDirError(f"{repo}: neither a local directory nor a model repository on the Hugging Face Hub "
+                            "(a private one needs `hf auth login`)") from None
+    except RevisionNotFoundError:
+        raise ModelDirError(f"{repo}: the Hub repository has no revision {revision!r}") from None
+    except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
+        raise ModelDirError(f"{repo}: not a local directory, not in the Hugging Face cache ({constants.HF_HUB_CACHE}), "
+                            f"and {why}: run `hf download {repo_id}` where there is a network (then copy the "
+                            "cache, or the folder it prints, here), or give a local model directory") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise ModelDirError(f"{repo}: could not fetch it from the Hugging Face Hub ({str(exc).splitlines()[0]})") from None
 
 
 def bart_config(preset: str, vocab_size: int, **overrides) -> BartConfig:

@@ -36,10 +36,10 @@ from ..data.manifest import read_manifest
 from ..data.store import EmbeddingStore
 from ..evaluate import caption_and_score, songs_with_references
 from ..metrics.attributes import AttributeWords
-from ..inference import Captioner, extractor_from_store_meta, save_music_encoder
+from ..inference import SHARED_ENCODERS_DIR, Captioner, extractor_from_store_meta, save_music_encoder
 from ..model.backbone import load_backbone
 from ..model.captioner import AlcapModel
-from ..utils import compute_environment, file_sha256, nested_differences, refused_pickle
+from ..utils import compute_environment, file_sha256, nested_differences, refused_pickle, share_as_umask
 
 logger = logging.getLogger("alcap.train")
 # Accelerate warns at every save_state that BART's tied embeddings are stored once; the resume
@@ -439,7 +439,8 @@ def _export(accelerator, model, tokenizer, config: RunConfig, directory: Path, s
         (tmp / SELECTED_FILE).write_text(json.dumps(selected) + "\n", encoding="utf-8")
     save_config(config, tmp / RUN_CONFIG_FILE)
     if encoder is not None:
-        save_music_encoder(encoder, store.meta["excerpt"], tmp)
+        save_music_encoder(encoder, store.meta["excerpt"], tmp, shared=directory.parent / SHARED_ENCODERS_DIR)
+    share_as_umask(tmp)
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)
 
@@ -453,6 +454,7 @@ def _save_state(accelerator, out: Path, state: TrainerState, keep: int) -> None:
     if accelerator.is_main_process:
         (states / name / "trainer_state.json").write_text(json.dumps(state.__dict__), encoding="utf-8")
         write_checksums(states / name)
+        share_as_umask(states / name)
         tmp = states / "latest.tmp"
         tmp.write_text(name)
         os.replace(tmp, states / "latest")
