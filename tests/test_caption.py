@@ -72,3 +72,54 @@ def test_generation_options_and_several_captions_per_song(tiny_corpus, tiny_mode
     code, _, err = run(capsys, "caption", song, "--model", tiny_models["music"], "--num-return-sequences", "5",
                        "--num-beams", "2", "--quiet")
     assert code == 2 and "num_return_sequences must be 1..num_beams (2)" in err
+
+
+def test_whole_tracks_are_heard_window_by_window_and_deterministically(tiny_corpus, tiny_models, tmp_path, capsys):
+    import numpy as np
+    import pytest
+    import torch
+
+    from alcap.audio.decode import AudioError, TrackWindows
+    from alcap.inference import FULL_TRACK_MODES
+
+    rows = list(read_manifest(tiny_corpus / "corpus" / "manifest.jsonl"))
+    song, lyrics = rows[0].audio, rows[0].lyrics
+    captioner = Captioner.from_pretrained(tiny_models["music"], device="cpu")
+    seconds = captioner.excerpt.seconds  # 2 s; the songs are 2-2.5 s: two windows, the second the final one
+    windows = np.stack(list(TrackWindows(song, captioner.extractor.sample_rate, seconds)))
+    per_window = captioner.extractor.embed(torch.from_numpy(windows)).numpy()  # (2, L_m, 256)
+    assert len(windows) == 2
+    pooled, duration = captioner.embed_track(song, "pool")
+    np.testing.assert_allclose(pooled, per_window.mean(axis=0), rtol=1e-5, atol=1e-5)
+    concat, _ = captioner.embed_track(song, "concat", windows_per_batch=1)
+    np.testing.assert_allclose(concat, np.concatenate(per_window), rtol=1e-5, atol=1e-5)
+    import soundfile as sf
+
+    assert duration == pytest.approx(sf.info(song).duration)
+
+    for mode in FULL_TRACK_MODES:
+        h_m = captioner.embed_track(song, mode)[0]
+        expected = captioner.caption_embeddings([lyrics], [h_m])[0]
+        assert captioner.caption(song, lyrics, full_track=mode) == expected
+        assert captioner.caption(song, lyrics, full_track=mode) == expected  # the same file, the same caption
+    assert captioner.caption(song, lyrics, full_track=True) == captioner.caption(song, lyrics, full_track="pool")
+    with pytest.raises(ValueError, match="full_track must be"):
+        captioner.caption(song, lyrics, full_track="mean")
+    results = captioner.caption_batch([song, tmp_path / "missing.wav"], [lyrics, ""], errors="skip", full_track=True)
+    assert results[0].ok and "file not found" in results[1].error
+    with pytest.raises(AudioError, match="file not found"):
+        captioner.caption(tmp_path / "missing.wav", full_track=True)
+
+    # the command line: the same captions, through the pipeline, and a bad file costs only itself
+    (tmp_path / "bad.wav").write_bytes(b"RIFF not really")
+    code, out, err = run(capsys, "caption", song, tmp_path / "bad.wav", "--model", tiny_models["music"], "--lyrics",
+                         lyrics, "--full-track", "--jsonl", "-", "--quiet", "--workers", "0")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and records[0]["caption"] == captioner.caption(song, lyrics, full_track=True)
+    assert "error" in records[1] and "bad.wav" in err
+    code, out, _ = run(capsys, "caption", song, "--model", tiny_models["music"], "--lyrics", lyrics,
+                       "--full-track", "concat", "--jsonl", "-", "--quiet")
+    assert json.loads(out)["caption"] == captioner.caption(song, lyrics, full_track="concat")
+    code, _, err = run(capsys, "caption", song, "--model", tiny_models["music"], "--full-track",
+                       "--excerpt-position", "start")
+    assert code == 2 and "--excerpt-position and --excerpt-offset do not apply" in err

@@ -218,3 +218,11 @@ def test_public_api_is_documented():
     sources = Path(alcap.__file__).parent.rglob("*.py")
     assert not [p for p in sources if re.search(r"\bSPEC\b(?!IAL)", p.read_text())]
     assert (Path(alcap.__file__).parent / "py.typed").is_file()
+
+
+def test_long_lyrics_text_is_taken_as_the_text_not_a_file_name():
+    # Regression: Path(text).is_file() raised "File name too long" for a whole song's lyrics.
+    from alcap.cli.common import given_lyrics
+
+    text = "the night is long and the road is longer\n" * 40
+    assert given_lyrics(text) == text

@@ -168,6 +168,23 @@ def test_another_model_is_refused_with_the_differences(songs_dir, tiny_models, t
         assert len(library) == 1  # nothing of the refused run was written
 
 
+def test_a_whole_track_library_records_it_and_refuses_excerpts(songs_dir, tiny_models, tmp_path, capsys):
+    from alcap.inference import Captioner
+
+    folder, _ = songs_dir
+    lib, song = tmp_path / "lib", audio_files(folder)[1]
+    code, report = add(capsys, lib, tiny_models["music"], song, extra=["--full-track"])
+    assert code == 0 and report["added"] == 1
+    with Library.open(lib) as library:
+        assert library.identity["captioning_model"]["full_track"] == "pool"
+        (stored,) = library.songs()
+    captioner = Captioner.from_pretrained(tiny_models["music"], device="cpu")
+    assert stored.caption == captioner.caption(str(song), stored.lyrics, full_track="pool")
+    assert main(["library", "add", str(lib), str(audio_files(folder)[2]), "--model", str(tiny_models["music"]),
+                 "--quiet"]) == 2
+    assert "captioning_model.full_track: library has 'pool', this run has None" in capsys.readouterr().err
+
+
 def test_a_second_writer_is_refused_while_readers_search(songs_dir, tiny_models, tmp_path, capsys):
     folder, _ = songs_dir
     lib = tmp_path / "lib"

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .audio.cnnsa import CheckpointError, load_cnnsa, random_cnnsa
-from .audio.decode import AudioError, Excerpt, load_audio, load_waveform, source_name
+from .audio.decode import AudioError, Excerpt, TrackWindows, load_audio, load_waveform, source_name
 from .audio.extractor import CNNSAExtractor, MusicExtractor, MusicnnExtractor, extractor_class, resolve_device
 from .audio.musicnn import MusicnnError
 from .config import GenerationConfig, RunConfig, load_run_config
@@ -135,6 +135,24 @@ def load_music_encoder(directory: Path, device="cpu") -> tuple[MusicExtractor, E
     return extractor, Excerpt(**meta["excerpt"])
 
 
+# How a whole track's windows become the one music sequence the caption is generated from:
+# "concat" the windows' h_m in time order, or "pool" them (the mean over windows, step by step,
+# which keeps the trained excerpt's length). README, "Whole tracks", has the comparison.
+FULL_TRACK_MODES = ("concat", "pool")
+DEFAULT_FULL_TRACK = "pool"
+
+
+def full_track_mode(value) -> str | None:
+    """None (excerpt), or the whole-track mode that `value` (False, True, or a mode) names."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return DEFAULT_FULL_TRACK
+    if value in FULL_TRACK_MODES:
+        return value
+    raise ValueError(f"full_track must be True, False or one of {', '.join(FULL_TRACK_MODES)}, not {value!r}")
+
+
 @dataclass
 class CaptionResult:
     """One song of `Captioner.caption_batch`: its caption, or why it could not be captioned."""
@@ -187,20 +205,25 @@ class Captioner:
     def uses_music(self) -> bool:
         return self.model.config.use_music
 
-    def caption(self, audio, lyrics: str | None = None, sample_rate: int | None = None, **generation) -> str:
+    def caption(self, audio, lyrics: str | None = None, sample_rate: int | None = None, full_track=False,
+                **generation) -> str:
         """One song's caption.
 
         `audio`: a file path, the file's bytes, a binary file object, a waveform with its rate as
         `(wave, sample_rate)` or `sample_rate=` (numpy or torch, (samples,) or (channels,
         samples)), or None for no audio (lyrics-only models only). `lyrics`: the song's text,
-        None or "" for an instrumental. `generation`: GenerationConfig fields for this call,
-        e.g. num_beams=1. A bad input raises AudioError (or ValueError for an unusable type)."""
-        return self.caption_batch([audio], [lyrics], sample_rate=sample_rate, **generation)[0].caption
+        None or "" for an instrumental. `full_track`: hear the whole track, not the trained
+        excerpt (True, or a mode of FULL_TRACK_MODES; see `embed_track`). `generation`:
+        GenerationConfig fields for this call, e.g. num_beams=1. A bad input raises AudioError
+        (or ValueError for an unusable type)."""
+        return self.caption_batch([audio], [lyrics], sample_rate=sample_rate, full_track=full_track,
+                                  **generation)[0].caption
 
     def caption_batch(self, audios: Sequence, lyrics: Sequence[str | None] | None = None, errors: str = "raise",
-                      progress: bool = False, sample_rate: int | None = None, **generation) -> list["CaptionResult"]:
-        """Caption songs, one result per input in input order (inputs as `caption` takes them;
-        `lyrics` None: all instrumentals).
+                      progress: bool = False, sample_rate: int | None = None, full_track=False,
+                      **generation) -> list["CaptionResult"]:
+        """Caption songs, one result per input in input order (inputs and `full_track` as
+        `caption` takes them; `lyrics` None: all instrumentals).
 
         Every input is decoded, whatever the model uses: a missing or unreadable file is an
         error also for a lyrics-only model (which does not hear it). `errors="raise"` raises
@@ -220,13 +243,24 @@ class Captioner:
                                  + ", ".join(f.name for f in dataclasses.fields(GenerationConfig)))
             configured, self.generation = self.generation, dataclasses.replace(self.generation, **generation)
             try:
-                return self.caption_batch(audios, lyrics, errors, progress, sample_rate)
+                return self.caption_batch(audios, lyrics, errors, progress, sample_rate, full_track)
             finally:
                 self.generation = configured
         results = [CaptionResult(source=source_name(a), lyrics=lyr or "") for a, lyr in zip(audios, lyrics)]
         music: dict[int, np.ndarray] = {}
         size = self.generation.batch_size
-        for start in range(0, len(audios), size):  # a batch of waves in memory at a time
+        whole = full_track_mode(full_track) if self.uses_music else None
+        for i in range(len(audios)) if whole else ():  # one track at a time, streamed
+            try:
+                h_m = self.embed_track(audios[i], whole, sample_rate)[0]
+                if not np.isfinite(h_m).all():
+                    raise AudioError(results[i].source, "the music encoder produced non-finite values")
+                music[i] = h_m
+            except AudioError as exc:
+                if errors == "raise":
+                    raise
+                results[i].error = exc.reason
+        for start in range(0, len(audios), size) if not whole else ():  # a batch of waves in memory at a time
             waves = {}
             for i in range(start, min(start + size, len(audios))):
                 try:
@@ -269,6 +303,46 @@ class Captioner:
             raise ValueError(f"cannot caption a {type(audio).__name__}: give a file path, the file's bytes, a binary "
                              "file object, or a waveform as (wave, sample_rate)")
         return load_audio(audio, rate, self.excerpt).samples
+
+    def embed_track(self, audio, mode: str = DEFAULT_FULL_TRACK, sample_rate: int | None = None,
+                    windows_per_batch: int = 8) -> tuple[np.ndarray, float]:
+        """h_m of a whole track and its duration in seconds: the encoder hears consecutive
+        windows of the trained excerpt's length (TrackWindows: streamed, so memory does not grow
+        with the track), `windows_per_batch` at a time, and `mode` makes one music sequence of
+        them: "concat" (L_m per window, in time order) or "pool" (their mean, step by step)."""
+        if full_track_mode(mode) is None or mode is True:
+            raise ValueError(f"mode must be one of {', '.join(FULL_TRACK_MODES)}, not {mode!r}")
+        if not self.uses_music:
+            raise ValueError("a lyrics-only model hears no music")
+        rate = self.extractor.sample_rate
+        if isinstance(audio, tuple) and len(audio) == 2 or isinstance(audio, (np.ndarray, torch.Tensor)):
+            wave, source_rate = audio if isinstance(audio, tuple) else (audio, sample_rate)
+            if source_rate is None:
+                raise AudioError("<waveform>", "a waveform needs its sample rate: pass (wave, sample_rate) or "
+                                               "sample_rate=")
+            audio = load_waveform(wave, source_rate, rate, Excerpt(seconds=None)).samples
+        elif audio is None:
+            raise AudioError("<no audio>", "no audio given; this model hears the music, give an audio file")
+        windows = TrackWindows(audio, rate, self.excerpt.seconds or Excerpt().seconds)
+        parts, total, batch = [], None, []
+
+        def flush():
+            nonlocal total
+            h = self.extractor.embed(torch.from_numpy(np.stack(batch))).numpy()
+            if mode == "pool":
+                total = h.sum(axis=0) if total is None else total + h.sum(axis=0)
+            else:
+                parts.extend(h)
+            batch.clear()
+
+        for window in windows:
+            batch.append(window)
+            if len(batch) == windows_per_batch:
+                flush()
+        if batch:
+            flush()
+        h_m = total / windows.windows if mode == "pool" else np.concatenate(parts)
+        return np.ascontiguousarray(h_m, dtype=np.float32), windows.source_duration or windows.duration
 
     def embed_music(self, waves: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """h_m per input; equal-length waves (a fixed excerpt) go through the encoder together."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from alcap.audio.decode import AudioError, Excerpt, load_audio, split_windows
+from alcap.audio.decode import AudioError, Excerpt, TrackWindows, load_audio
 
 from helpers import tone, write_audio
 
@@ -101,9 +101,65 @@ def test_nan_samples_are_rejected(audio_dir):
         load_audio(path)
 
 
-def test_split_windows_pads_the_last_window():
-    w = split_windows(np.arange(10, dtype=np.float32), 4)
-    assert w.shape == (3, 4) and w[2].tolist() == [8, 9, 0, 0]
+@pytest.mark.parametrize("ext", ["flac", "mp3"])
+def test_whole_tracks_stream_as_windows_equal_to_the_whole_decode(audio_dir, ext, capfd):
+    rng = np.random.default_rng(0)
+    data = (0.1 * rng.standard_normal((int(40.2 * 44100), 2))).astype(np.float32)
+    path = write_audio(audio_dir / f"song.{ext}", data, 44100)
+    whole = load_audio(path, excerpt=Excerpt(seconds=None)).samples
+    capfd.readouterr()
+    track = TrackWindows(path, 16000, 15.0)
+    windows = list(track)
+    assert "libmpg123" not in capfd.readouterr().err  # block reads of MP3 make it complain; silenced
+    n = 240000
+    assert len(windows) == track.windows == 3 and all(w.shape == (n,) and w.dtype == np.float32 for w in windows)
+    assert track.duration == pytest.approx(len(whole) / 16000)
+    np.testing.assert_allclose(windows[0], whole[:n], atol=1e-5)  # the same samples as one whole read
+    np.testing.assert_allclose(windows[1], whole[n:2 * n], atol=1e-5)
+    np.testing.assert_allclose(windows[2], whole[-n:], atol=1e-5)  # the last partial window: the final full one
+    from_bytes = list(TrackWindows(path.read_bytes(), 16000, 15.0))
+    with open(path, "rb") as handle:
+        from_file = list(TrackWindows(handle, 16000, 15.0))
+    assert all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(windows, from_bytes, from_file))
+
+
+def test_a_track_shorter_than_a_window_is_the_padded_excerpt(audio_dir):
+    path = write_audio(audio_dir / "short.wav", tone(4.0, 22050), 22050)
+    (window,) = TrackWindows(path, 16000, 15.0)
+    np.testing.assert_array_equal(window, load_audio(path).samples)
+
+
+def test_streamed_tracks_hold_about_two_windows_in_memory_whatever_their_length(audio_dir):
+    import tracemalloc
+
+    path = audio_dir / "long.flac"
+    with sf.SoundFile(str(path), "w", samplerate=44100, channels=1, subtype="PCM_16") as f:
+        for minute in range(6):  # 6 minutes: 23 MB at 16 kHz float32, 64 MB as read at 44.1 kHz
+            f.write(tone(60.0, 44100, freq=220.0 + 20 * minute))
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in TrackWindows(path, 16000, 15.0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == 24
+    assert peak < 4 * 240000 * 4 + 4 * 5 * 44100 * 4, f"peak {peak / 1e6:.1f} MB"  # windows + decode blocks
+
+
+def test_streamed_tracks_report_bad_files(audio_dir):
+    data = tone(20.0, 16000)
+    data[200000] = np.nan
+    nan = audio_dir / "nan.wav"
+    sf.write(str(nan), data, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="NaN"):
+        list(TrackWindows(nan, 16000, 15.0))
+    full = write_audio(audio_dir / "full.flac", tone(20.0, 44100), 44100)
+    cut = audio_dir / "cut.flac"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(AudioError, match="cut.flac: (truncated or corrupt|decoding failed)"):
+        list(TrackWindows(cut, 16000, 15.0))
+    with pytest.raises(AudioError, match="not a readable audio file"):
+        list(TrackWindows(b"not audio", 16000, 15.0))
 
 
 def test_mp3_middle_excerpt_equals_the_whole_decode_and_is_silent(audio_dir, capfd):

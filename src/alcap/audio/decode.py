@@ -5,7 +5,11 @@ Only the frames the excerpt needs are read from disk, so a 30 s clip costs a 15 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -241,12 +245,121 @@ def _to_clip(path, data: np.ndarray, src_rate: int, total: int, sample_rate: int
     )
 
 
-def split_windows(samples: np.ndarray, window: int) -> np.ndarray:
-    """Consecutive non-overlapping windows (the last one zero-padded): (n_windows, window)."""
-    n = max(1, math.ceil(len(samples) / window))
-    out = np.zeros((n, window), dtype=np.float32)
-    out.reshape(-1)[: len(samples)] = samples
-    return out
+class TrackWindows:
+    """A whole track as consecutive windows of `window_seconds` at `sample_rate`, decoded and
+    resampled block by block (soxr's streaming resampler), so memory holds about two windows
+    whatever the track's length. Each window is (window,) float32 mono.
+
+    Every second is heard once, and no window is mostly silence: a track shorter than one
+    window gives one zero-padded window (as a short excerpt is padded); otherwise the last,
+    partial window is replaced by the track's final full window, which overlaps the one before.
+    Iterate it once; `duration` and `windows` are set by then. Raises AudioError as load_audio."""
+
+    BLOCK_SECONDS = 5.0
+
+    def __init__(self, audio, sample_rate: int = 16000, window_seconds: float = 15.0):
+        if window_seconds <= 0:
+            raise ValueError(f"window length must be positive, got {window_seconds}")
+        self.audio, self.sample_rate, self.window_seconds = audio, sample_rate, window_seconds
+        self.name = "<waveform>" if isinstance(audio, np.ndarray) else source_name(audio)
+        self.window = int(round(window_seconds * sample_rate))
+        self.duration = 0.0  # seconds of real audio at sample_rate
+        self.source_duration = 0.0
+        self.windows = 0
+
+    def _open(self):
+        if isinstance(self.audio, (str, Path)):
+            info = audio_info(self.audio)
+            return sf.SoundFile(str(self.audio)), info
+        source = io.BytesIO(bytes(self.audio)) if isinstance(self.audio, (bytes, bytearray, memoryview)) else self.audio
+        try:
+            info = sf.info(source)
+            source.seek(0)
+            handle = sf.SoundFile(source)
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+            raise AudioError(self.name, f"not a readable audio file ({_libsndfile_reason(exc)})") from None
+        if info.frames < MIN_AUDIO_SECONDS * max(info.samplerate, 1):
+            raise AudioError(self.name, f"only {info.frames / max(info.samplerate, 1):.3f} s of audio; at least "
+                                        f"{MIN_AUDIO_SECONDS:g} s is needed")
+        return handle, info
+
+    def _resampled_blocks(self):
+        if isinstance(self.audio, np.ndarray):  # already mono at sample_rate (a waveform in memory)
+            self.source_duration = len(self.audio) / self.sample_rate
+            yield np.asarray(self.audio, dtype=np.float32)
+            return
+        handle, info = self._open()
+        self.source_duration = info.frames / info.samplerate
+        resampler = (soxr.ResampleStream(info.samplerate, self.sample_rate, 1, dtype="float32", quality="HQ")
+                     if info.samplerate != self.sample_rate else None)
+        decoded = 0
+        block = max(1, int(self.BLOCK_SECONDS * info.samplerate))
+        mpeg = info.format in ("MP3", "MPEG")
+        try:
+            with handle:
+                while True:
+                    try:
+                        with _quiet_native_stderr(mpeg):
+                            data = handle.read(block, dtype="float32", always_2d=True)
+                    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+                        raise AudioError(self.name, f"decoding failed ({_short(exc)})") from None
+                    last = data.shape[0] < block
+                    if not np.isfinite(data).all():
+                        raise AudioError(self.name, "contains NaN or infinite samples")
+                    decoded += data.shape[0]
+                    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+                    out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
+                    yield np.asarray(out, dtype=np.float32)
+                    if last:
+                        break
+        except OSError as exc:
+            raise AudioError(self.name, _os_reason(Path(self.name), exc)) from None
+        if info.frames - decoded > TRUNCATION_TOLERANCE_SECONDS * info.samplerate:
+            raise AudioError(self.name, f"truncated or corrupt: the header declares {info.frames / info.samplerate:.2f}"
+                                        f" s but only {decoded / info.samplerate:.2f} s could be decoded")
+        if decoded == 0:
+            raise AudioError(self.name, "decoded no samples (truncated or corrupt file)")
+
+    def __iter__(self):
+        w = self.window
+        pending = np.zeros(0, dtype=np.float32)
+        previous = None  # the last full window given out
+        total = 0
+        for chunk in self._resampled_blocks():
+            total += len(chunk)
+            pending = np.concatenate([pending, chunk]) if len(pending) else chunk
+            while len(pending) >= w:
+                previous, pending = np.ascontiguousarray(pending[:w]), pending[w:]
+                self.windows += 1
+                yield previous
+        self.duration = total / self.sample_rate
+        if len(pending):
+            if previous is None:  # shorter than one window: padded, as an excerpt is
+                tail = np.concatenate([pending, np.zeros(w - len(pending), dtype=np.float32)])
+            else:  # the track's final full window
+                tail = np.concatenate([previous[len(pending):], pending])
+            self.windows += 1
+            yield tail
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr(active: bool = True):
+    """Silence what C code writes to file descriptor 2 meanwhile. libmpg123, under libsndfile,
+    prints "part2_3_length ... too large for available bit count" when an MP3 is read in
+    blocks, although the samples are those of one whole read (to float rounding); libsndfile
+    gives no way to make it quiet."""
+    if not active:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _libsndfile_reason(exc: Exception) -> str:

@@ -32,30 +32,30 @@ def cmd_tag(args) -> int:
     import numpy as np
     import torch
 
-    from ..audio.decode import AudioError, load_audio, split_windows
+    from ..audio.decode import AudioError, TrackWindows, load_audio
     from ..audio.tags import top_tags
 
     args.random_init = None
     extractor = extractor_from(args)
     names = extractor.tag_names()
     excerpt = excerpt_from(args)
-    if args.full_track:
-        from ..audio.decode import Excerpt
-
-        excerpt = Excerpt(seconds=None)
-    window = int(round((args.excerpt_seconds or 15.0) * extractor.sample_rate))
     failed = 0
     for path in args.audio:
         try:
-            clip = load_audio(path, extractor.sample_rate, excerpt)
+            if args.full_track:  # streamed window by window; the tags are averaged over the windows
+                probs, windows = 0.0, 0
+                for window in TrackWindows(path, extractor.sample_rate, args.excerpt_seconds or 15.0):
+                    probs, windows = probs + extractor.tag(torch.from_numpy(window[None]))[0].numpy(), windows + 1
+                probs = probs / windows
+            else:
+                clip = load_audio(path, extractor.sample_rate, excerpt)
+                probs = extractor.tag(torch.from_numpy(clip.samples[None]))[0].numpy()
         except AudioError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
             if args.json:
                 print(json.dumps({"file": str(path), "error": exc.reason}), flush=True)
             continue
-        waves = split_windows(clip.samples, window) if args.full_track else clip.samples[None]
-        probs = extractor.tag(torch.from_numpy(waves)).mean(dim=0).numpy()  # average over windows
         tags = top_tags(np.asarray(probs), args.top, names)
         if args.json:
             print(json.dumps({"file": str(path), "tags": tags}, ensure_ascii=False), flush=True)

@@ -44,7 +44,11 @@ def add_caption(sub) -> None:
     group.add_argument("--num-return-sequences", type=positive_int, metavar="N",
                        help="captions per song (at most --num-beams under beam search); JSONL/CSV then add a "
                             "'captions' list, 'caption' being the first")
-    excerpt = p.add_argument_group("excerpt (default: the one the model was trained with)")
+    excerpt = p.add_argument_group("what the encoder hears (default: the excerpt the model was trained with)")
+    excerpt.add_argument("--full-track", nargs="?", const="pool", choices=("pool", "concat"), metavar="MODE",
+                         help="hear the whole track: consecutive windows of the trained excerpt's length (or "
+                              "--excerpt-seconds), streamed, made into one music sequence by MODE: pool (the default; "
+                              "their mean, step by step: the trained sequence length) or concat (in time order)")
     excerpt.add_argument("--excerpt-seconds", type=float, metavar="S", help="length of the excerpt; 0 is the whole file")
     excerpt.add_argument("--excerpt-position", choices=("middle", "start", "offset"), help="where the excerpt starts")
     excerpt.add_argument("--excerpt-offset", type=float, metavar="S", help="start in seconds, with --excerpt-position offset")
@@ -87,6 +91,9 @@ def cmd_caption(args) -> int:
         max_new_tokens=args.max_new_tokens, do_sample=True if args.sample else None, top_p=args.top_p,
         temperature=args.temperature, num_return_sequences=args.num_return_sequences)
     captioner.generation.check()
+    if args.full_track and (args.excerpt_position or args.excerpt_offset is not None or args.excerpt_seconds == 0):
+        raise ValueError("--full-track hears the whole file in windows; --excerpt-seconds S sets their length, "
+                         "--excerpt-position and --excerpt-offset do not apply")
     if any(v is not None for v in (args.excerpt_seconds, args.excerpt_position, args.excerpt_offset)):
         base = captioner.excerpt
         seconds = base.seconds if args.excerpt_seconds is None else (args.excerpt_seconds or None)
@@ -106,7 +113,7 @@ def cmd_caption(args) -> int:
     captioned = failed = instrumental = 0
     bar = tqdm(total=len(pending), desc="caption", unit="song", disable=args.quiet or len(pending) < 2, dynamic_ncols=True)
     try:
-        for batch in caption_stream(captioner, pending, workers=workers, hash_files=False):
+        for batch in caption_stream(captioner, pending, workers=workers, hash_files=False, full_track=args.full_track):
             for song in batch:
                 if song.skipped:  # listed twice
                     continue

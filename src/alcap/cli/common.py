@@ -134,4 +134,8 @@ def given_lyrics(given: str | None) -> str | None:
     if given is None:
         return None
     path = Path(given)
-    return read_text_file(path, "--lyrics file") if path.is_file() else given
+    try:
+        is_file = path.is_file()
+    except OSError:  # text too long to be a file name (ENAMETOOLONG): the lyrics themselves
+        is_file = False
+    return read_text_file(path, "--lyrics file") if is_file else given

@@ -36,6 +36,9 @@ def add_library(sub) -> None:
                    help="an embedding store of the manifest's songs made by `alcap embed` with the model's music "
                         "encoder and excerpt (checked): their stored h_m are used instead of decoding and encoding "
                         "the audio again. The store must come from the same audio files")
+    p.add_argument("--full-track", nargs="?", const="pool", choices=("pool", "concat"), metavar="MODE",
+                   help="hear whole tracks, as `alcap caption --full-track` does (pool, the default, or concat); "
+                        "fixed when the library is created")
     _index_arg(p, "--index")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -142,7 +145,7 @@ def cmd_library_add(args) -> int:
     report = add_songs(args.library, args.model, args.sources, sentence_model=args.sentence_model, device=args.device,
                        batch_size=args.batch_size or 16, workers=args.workers, limit=args.limit,
                        shard=parse_shard(args.shard) if args.shard else None, index=args.index,
-                       splits=args.split, embeddings=args.embeddings,
+                       splits=args.split, embeddings=args.embeddings, full_track=args.full_track,
                        progress=not args.quiet)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio.decode import AudioError, load_audio
+from ..audio.decode import AudioError, audio_info, load_audio
 from ..data.embed import _decoding_worker, shard_of
 from ..data.lyrics import sidecar_lyrics
 from ..data.manifest import FORMATS, ManifestError, read_manifest
@@ -88,14 +88,20 @@ def expand_sources(sources: list[str | SourceItem], splits: list[str] | None = N
     return items, notes
 
 
+WHOLE_TRACK = "whole track"  # in place of samples: the main process streams the file
+
+
 class _Songs:
     """item -> ("skip" | "fail" | "ok", item, song_id, sha256, detail); never raises on a bad file."""
 
     def __init__(self, items: list[SourceItem], known: dict[str, str], sample_rate: int, excerpt,
-                 precomputed: dict[str, float] | None = None, hash_files: bool = True):
+                 precomputed: dict[str, float] | None = None, hash_files: bool = True, whole_tracks: bool = False):
         self.items, self.known, self.sample_rate, self.excerpt = items, known, sample_rate, excerpt
         self.precomputed = precomputed or {}  # song id -> duration, for songs whose h_m a store holds
         self.hash_files = hash_files  # a library needs each file's sha256; a caption file does not
+        # Whole tracks are streamed by the main process, window by window (Captioner.embed_track):
+        # workers check the header only, so no worker holds a whole track in memory.
+        self.whole_tracks = whole_tracks
 
     def __len__(self) -> int:
         return len(self.items)
@@ -113,6 +119,8 @@ class _Songs:
             lyrics = item.lyrics if item.lyrics is not None else sidecar_lyrics(Path(item.path))
             if song_id in self.precomputed:  # the music encoder's output is in the store: no decoding
                 return "ok", item, song_id, sha, (lyrics, None, self.precomputed[song_id])
+            if self.whole_tracks:
+                return "ok", item, song_id, sha, (lyrics, WHOLE_TRACK, audio_info(item.path).duration)
             clip = load_audio(item.path, self.sample_rate, self.excerpt)
             return "ok", item, song_id, sha, (lyrics, clip.samples, clip.source_duration)
         except AudioError as exc:
@@ -138,16 +146,18 @@ class AddReport:
         return {**dataclasses.asdict(self), "songs_per_second": round(self.added / self.seconds, 3) if self.seconds else 0.0}
 
 
-def library_identity(captioner, model_dir: str | Path, sentence_model: str | None, dim: int) -> dict:
+def library_identity(captioner, model_dir: str | Path, sentence_model: str | None, dim: int,
+                     full_track: str | None = None) -> dict:
     """What the library's captions and vectors depend on; adding with anything else is refused."""
     from ..model.captioner import model_directory
 
     weights = model_directory(model_dir) / "model.safetensors"
     generation = {k: v for k, v in dataclasses.asdict(captioner.generation).items() if k != "batch_size"}
     encoder = captioner.extractor.identity()["weights_sha256"] if captioner.extractor is not None else None
+    heard = {"full_track": full_track} if full_track and captioner.uses_music else {}  # absent: the excerpt
     return {
         "captioning_model": {"weights_sha256": file_sha256(weights), "music_encoder_sha256": encoder,
-                             "uses_music": captioner.uses_music, "excerpt": captioner.excerpt.to_dict()},
+                             "uses_music": captioner.uses_music, "excerpt": captioner.excerpt.to_dict(), **heard},
         "generation": generation,
         # The packaged default is named, not located: its path differs from one environment to the next.
         "sentence_model": {"name": sentence_model or "all-MiniLM-L6-v2 (packaged)", "path": sentence_model, "dim": dim},
@@ -157,12 +167,13 @@ def library_identity(captioner, model_dir: str | Path, sentence_model: str | Non
 def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | SourceItem], sentence_model: str | None = None,
               device: str = "auto", batch_size: int = 16, workers: int = 2, limit: int | None = None,
               shard: tuple[int, int] | None = None, index: str | None = None, splits: list[str] | None = None,
-              embeddings: str | Path | None = None, progress: bool = True) -> AddReport:
+              embeddings: str | Path | None = None, full_track: str | None = None, progress: bool = True) -> AddReport:
     """Caption every new or changed song of `sources` into the library at `root` (created if
     missing), then bring its vector index up to date (`index`: auto, exact or faiss; None keeps
     the library's choice, auto for a new one). `embeddings`: an embedding store made by
     `alcap embed` with the model's music encoder and excerpt, whose h_m of a manifest's songs
-    (by song_id) are used instead of decoding and encoding their audio again."""
+    (by song_id) are used instead of decoding and encoding their audio again. `full_track`: hear
+    whole tracks (a mode of FULL_TRACK_MODES), recorded in the library's identity."""
     from tqdm.auto import tqdm
 
     from ..inference import Captioner
@@ -179,7 +190,9 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
     captioner.generation = captioner.generation.with_overrides(batch_size=batch_size, num_return_sequences=1)
     encoder = SentenceEncoder(sentence_model, device=str(captioner.device))
     dim = int(encoder.model.get_embedding_dimension())
-    identity = library_identity(captioner, model_dir, sentence_model, dim)
+    identity = library_identity(captioner, model_dir, sentence_model, dim, full_track)
+    if embeddings and full_track:
+        raise ValueError("--embeddings holds one excerpt per song; it cannot be used with --full-track")
     store = _matching_store(embeddings, captioner) if embeddings else None
     precomputed = {} if store is None else {
         item.song_id: store.entry(item.song_id).source_duration or store.entry(item.song_id).duration
@@ -193,7 +206,7 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
         bar = tqdm(total=len(items), desc="library add", unit="song", disable=not progress, dynamic_ncols=True)
         try:
             for batch in caption_stream(captioner, items, workers=workers, known=known, precomputed=precomputed,
-                                        store=store):
+                                        store=store, full_track=full_track):
                 for song in batch:
                     if song.error is not None:
                         library.add_failure(song.item.path, song.error, song.song_id)
@@ -243,16 +256,21 @@ class Captioned:
 
 
 def caption_stream(captioner, items: list[SourceItem], workers: int = 2, known: dict[str, str] | None = None,
-                   precomputed: dict[str, float] | None = None, store=None, hash_files: bool = True):
+                   precomputed: dict[str, float] | None = None, store=None, hash_files: bool = True,
+                   full_track: str | None = None):
     """The streaming pipeline of `library add` and `alcap caption`: worker processes hash and
     decode the files ahead of this one, which runs the music encoder and caption generation
     (length-grouped batches of `captioner.generation.batch_size`). Yields each batch's
     Captioned items in input order. `known`: id -> sha256 of songs to skip; a song met twice
-    is captioned once."""
+    is captioned once. `full_track`: a mode of FULL_TRACK_MODES to hear whole tracks, not the
+    trained excerpt."""
     from torch.utils.data import DataLoader
 
+    whole = full_track is not None and captioner.uses_music
+    if whole and precomputed:
+        raise ValueError("whole tracks cannot come from an embedding store, which holds one excerpt per song")
     rate = captioner.extractor.sample_rate if captioner.extractor is not None else 16000
-    songs = _Songs(items, known or {}, rate, captioner.excerpt, precomputed, hash_files)
+    songs = _Songs(items, known or {}, rate, captioner.excerpt, precomputed, hash_files, whole_tracks=whole)
     loader = DataLoader(songs, batch_size=captioner.generation.batch_size, shuffle=False, num_workers=workers,
                         collate_fn=list, worker_init_fn=_decoding_worker if workers else None)
     seen: set[str] = set()  # ids captioned or queued in this run (a file listed twice)
@@ -270,18 +288,26 @@ def caption_stream(captioner, items: list[SourceItem], workers: int = 2, known: 
                 if song_id is not None:
                     seen.add(song_id)
             results.append(song)
-        _generate(captioner, good, store)
+        _generate(captioner, good, store, full_track)
         yield results
 
 
-def _generate(captioner, good: list[tuple[Captioned, np.ndarray | None]], store) -> None:
-    """Captions for decoded songs (samples None: h_m from the store); non-finite h_m is the song's error."""
+def _generate(captioner, good: list[tuple[Captioned, np.ndarray | str | None]], store, full_track=None) -> None:
+    """Captions for decoded songs (samples None: h_m from the store; WHOLE_TRACK: streamed from
+    the file here); a file that fails while streamed, or non-finite h_m, is the song's error."""
     music = None
     if captioner.uses_music:
-        embedded = captioner.embed_music({i: samples for i, (_, samples) in enumerate(good) if samples is not None})
+        excerpts = {i: samples for i, (_, samples) in enumerate(good) if isinstance(samples, np.ndarray)}
+        embedded = captioner.embed_music(excerpts)
         embedded.update({i: store.get(song.song_id) for i, (song, samples) in enumerate(good) if samples is None})
+        for i, (song, samples) in enumerate(good):
+            if isinstance(samples, str):
+                try:
+                    embedded[i] = captioner.embed_track(song.item.path, full_track)[0]
+                except AudioError as exc:
+                    song.error = exc.reason
         for i, (song, _) in enumerate(good):
-            if not np.isfinite(embedded[i]).all():
+            if song.error is None and not np.isfinite(embedded[i]).all():
                 song.error = "the music encoder produced non-finite values"
         keep = [i for i in range(len(good)) if good[i][0].error is None]
         good, music = [good[i] for i in keep], [embedded[i] for i in keep]
@@ -328,9 +354,11 @@ def recaption(root: str | Path, model_dir: str | Path, sentence_model: str | Non
             os.replace(old, root)  # back to the original; the redone songs are still in `fresh`
     with Library.open(root, write=True) as library:  # held to the end: no add meanwhile
         policy = library.index_policy()
+        full_track = library.identity["captioning_model"].get("full_track")  # heard as before
         items = [SourceItem(s.path, s.id, s.lyrics, s.metadata) for s in library.songs()]
         report = add_songs(fresh, model_dir, items, sentence_model=sentence_model, device=device,
-                           batch_size=batch_size, workers=workers, index=policy, progress=progress)
+                           batch_size=batch_size, workers=workers, index=policy, full_track=full_track,
+                           progress=progress)
         with Library.open(fresh) as done:
             wanted = {item.song_id for item in items}
             stale = [s.id for s in done.songs() if s.id not in wanted]  # removed from LIB since an earlier run
