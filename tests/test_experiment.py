@@ -75,7 +75,12 @@ def test_experiment_trains_every_method_and_seed_and_writes_tables(experiment):
         mean, rest = cell.split(" ± ")
         assert 0 <= float(mean) <= 100 and "[" in rest
     tex = (exp / "tables" / "table2_retrieval.tex").read_text()
-    assert r"\begin{tabular}{lcccccc}" in tex and r"$\pm$" in tex and tex.count(r"\\") == 4
+    assert r"\begin{tabular}{lcccccc}" in tex and r"$\pm$" in tex and tex.count(r"\\") == 5  # + the chance row
+    with open(exp / "tables" / "table2_retrieval.csv") as f:
+        chance = dict(zip(*list(csv.reader(f))[::4]))  # the header and the last row
+    songs = json.loads((exp / "alcap" / "seed-1" / "best" / "eval-test" / "metrics.json").read_text())["retrieval"]["songs"]
+    assert chance["Method"] == "chance (random ranking)" and float(chance["R@1"]) == pytest.approx(100 / songs, abs=0.01)
+    assert float(chance["P@5"]) == pytest.approx(100 * min(5, songs) / songs / 5, abs=0.01)
 
     # Rerunning skips the finished runs (nothing is retrained or re-evaluated).
     stamp = (exp / "bart" / "seed-1" / "best" / "eval-test" / "metrics.json").stat().st_mtime_ns
@@ -166,8 +171,17 @@ def test_attention_alignment_and_report_of_an_experiment(experiment, capsys):
     with pytest.raises(ValueError, match="lyrics-only"):
         inspect_model(exp / "bart" / "seed-1" / "best")
 
-    assert main(["report", str(exp), "--title", "tiny experiment"]) == 0
+    captions = exp / "captions.jsonl"
+    captions.write_text(json.dumps({"file": "/songs/a.wav", "lyrics": "home", "caption": "a song about home"}) + "\n" +
+                        json.dumps({"file": "/songs/b.wav", "lyrics": "", "caption": "an instrumental"}) + "\n")
+    assert main(["report", str(exp), "--title", "tiny experiment", "--captions", str(captions)]) == 0
     report = (exp / "report.md").read_text()
+    assert "2 songs; 1 of them captioned without lyrics (marked)." in report
+    assert "- `b.wav` *(no lyrics: from the music alone)*: an instrumental" in report and "- `a.wav`: a song" in report
+    songs = json.loads((exp / "alcap" / "seed-1" / "best" / "eval-test" / "metrics.json").read_text())["retrieval"]["songs"]
+    assert f"| chance (random ranking) | {1 / songs:.4f} |" in report  # recall@1 of a random ranking: 1 / songs
+    assert report.count("How often the caption states") <= 1 and (
+        "How often the caption states" not in report or "| chance (most common value) |" in report)
     for text in ("## Table 1: captioning", "## Table 2: text-to-music retrieval", "| alcap seed-2 |",
                  "![fusion attention](attention.png)", "## Alignment head", "| alcap seed-1 |", "Sample captions"):
         assert text in report, text
@@ -268,3 +282,11 @@ def test_an_experiment_of_stages_only_trains_them_and_writes_no_tables(tiny_corp
     assert f"trained {exp.run_dir('pretrain', 3)} (a stage other methods start from" in out
     assert (exp.run_dir("pretrain", 3) / "best").is_dir() and not (exp.output_dir / "tables").exists()
     assert not (exp.output_dir / "bart").exists()
+
+
+def test_each_method_keeps_its_colour_in_every_figure():
+    from alcap.style import METHOD_COLOURS, method_colour
+
+    assert method_colour("alcap seed-2020") == method_colour("alcap") == METHOD_COLOURS["alcap"]
+    assert len({method_colour(m) for m in ("text-pretrain", "bart", "bart-fusion", "alcap")}) == 4
+    assert method_colour("alpha-0.1") == method_colour("alpha-0.1 seed-3")  # any other method: a fixed colour too

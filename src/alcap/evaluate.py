@@ -90,6 +90,7 @@ def caption_and_score(captioner: Captioner, items: list[dict], store: EmbeddingS
     scored = attribute_accuracy(items, predictions, words)
     if scored:
         metrics["attribute_accuracy"] = scored["accuracy"]
+        metrics["attribute_chance"] = scored["chance"]
         metrics["attribute_words"] = words.source
         if "invented" in scored:
             metrics["attribute_invented"] = scored["invented"]

@@ -312,13 +312,20 @@ def _cell(entry: dict | None, scale: float = 100.0, ci: bool = False) -> str:
 
 def write_tables(experiment: Experiment, seeds: list[int]) -> dict:
     """Table 1 (captioning) and Table 2 (retrieval) as Markdown, CSV and LaTeX, plus results.json."""
-    table = aggregate(collect(experiment, seeds))
+    runs = collect(experiment, seeds)
+    table = aggregate(runs)
+    first = next((r["metrics"] for method_runs in runs.values() for r in method_runs), {})
     out = experiment.output_dir / "tables"
     out.mkdir(parents=True, exist_ok=True)
     t1_head = ["Method"] + [label for _, label in CAPTION_COLUMNS]
     t1 = [[m] + [_cell(row[k], ci=True) for k, _ in CAPTION_COLUMNS] for m, row in table.items()]
     t2_head = ["Method"] + [label for _, label in RETRIEVAL_COLUMNS]
     t2 = [[m] + [_cell(row[k]) for k, _ in RETRIEVAL_COLUMNS] for m, row in table.items()]
+    if first.get("retrieval", {}).get("songs"):  # every method ranks the same songs
+        from .metrics.retrieval import chance_retrieval
+
+        chance = chance_retrieval(first["retrieval"]["songs"], RETRIEVAL_KS)
+        t2.append(["chance (random ranking)"] + [_cell({"mean": chance[k], "std": None}) for k, _ in RETRIEVAL_COLUMNS])
     scope = (f"{experiment.name}, {experiment.evaluate.split} split, seeds {', '.join(map(str, seeds))}: "
              "mean ± std over seeds (x100)")
     tables = [("table1_captioning", t1_head, t1, scope + "; [95% bootstrap interval over songs]"),
@@ -329,6 +336,11 @@ def write_tables(experiment: Experiment, seeds: list[int]) -> dict:
         heads = [k.replace("stated_", "").replace("invented_", "") + (" invented (instrumentals)" if
                  k.startswith("invented_") else "") for k in attributes]
         rows = [[m] + [_cell(row.get(k), scale=100.0) for k in attributes] for m, row in table.items()]
+        chance = first.get("attribute_chance", {})
+        if chance:  # the same songs for every method: always stating the most common value
+            rows.append(["chance (most common value)"] + [
+                _cell({"mean": chance[k[len("stated_"):]], "std": None}) if k.startswith("stated_") and
+                k[len("stated_"):] in chance else "" for k in attributes])
         tables.append(("table3_attributes", ["Method"] + heads, rows,
                        scope.replace("(x100)", "(% of songs)") + "; share of captions stating the song's true value"))
     for stem, head, rows, note in tables:

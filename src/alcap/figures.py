@@ -17,6 +17,7 @@ from .data.store import EmbeddingStore
 from .evaluate import songs_with_references
 from .metrics.retrieval import cosine_similarity, retrieval_metrics
 from .model.captioner import AlcapModel
+from .style import method_colour
 
 
 @dataclass
@@ -27,6 +28,10 @@ class Inspected:
     attentions: list[np.ndarray]  # per song, (tokens, music steps) of the chosen fusion layer
     z_music: np.ndarray  # (songs, music_dim)
     z_lyrics: np.ndarray  # (songs, music_dim)
+    # The music axis in seconds: each step's length, and whether step 0 is a CLS summary, not
+    # a moment (CNNSA's sequence starts with one); None: steps only (the excerpt's length unknown).
+    step_seconds: list[float | None] | None = None
+    leading_cls: bool = False
 
 
 def model_name(model_dir: Path) -> str:
@@ -59,7 +64,9 @@ def inspect_model(model_dir: str | Path, split: str = "test", songs: int | None 
         items = [(s, lyrics_of[s]) for s in song_ids]
     items = items[:songs]
     store.require([s for s, _ in items], f"songs of split {split!r}")
-    tokens, attentions, z_m, z_t = [], [], [], []
+    excerpt_seconds = (store.meta.get("excerpt") or {}).get("seconds")
+    leading_cls = store.meta["extractor"]["name"] == "cnnsa"
+    tokens, attentions, z_m, z_t, step_seconds = [], [], [], [], []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         enc = tokenizer([lyr for _, lyr in chunk], padding=True, truncation=True, max_length=run.data.max_lyrics_tokens,
@@ -74,8 +81,10 @@ def inspect_model(model_dir: str | Path, split: str = "test", songs: int | None 
             n_music = int(mask[i].sum())
             tokens.append([_clean(t) for t in tokenizer.convert_ids_to_tokens(ids[keep].tolist())])
             attentions.append(chosen[i][keep][:, :n_music].numpy())
+            moments = n_music - leading_cls
+            step_seconds.append(excerpt_seconds / moments if excerpt_seconds and moments > 0 else None)
     return Inspected(model_name(model_dir), [s for s, _ in items], tokens, attentions,
-                     np.concatenate(z_m), np.concatenate(z_t))
+                     np.concatenate(z_m), np.concatenate(z_t), step_seconds, leading_cls)
 
 
 def _clean(token: str) -> str:
@@ -84,29 +93,43 @@ def _clean(token: str) -> str:
 
 
 def attention_figure(models: list[Inspected], out: str | Path, max_tokens: int = 40) -> str:
-    """One row per model, one column per song: lyric tokens (y) x music time steps (x)."""
+    """One row per model, one column per song: lyric tokens (y) x music time in seconds (x).
+    Every panel shares one colour scale (0 to the largest weight shown), with one labelled
+    colour bar, so maps compare across models and songs; row titles are in the method's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n_songs = len(models[0].song_ids)
-    fig, axes = plt.subplots(len(models), n_songs, figsize=(4.2 * n_songs, 0.16 * max_tokens * len(models) + 1.2),
+    shown = [[m.attentions[c][:max_tokens] for c in range(n_songs)] for m in models]
+    top = max(float(w.max()) for row in shown for w in row)
+    fig, axes = plt.subplots(len(models), n_songs, figsize=(4.2 * n_songs + 0.8, 0.16 * max_tokens * len(models) + 1.4),
                              dpi=110, squeeze=False)
+    image = None
     for r, inspected in enumerate(models):
         for c in range(n_songs):
-            ax = axes[r][c]
-            weights = inspected.attentions[c][:max_tokens]
-            image = ax.imshow(weights, aspect="auto", cmap="viridis", interpolation="nearest")
+            ax, weights = axes[r][c], shown[r][c]
+            step = (inspected.step_seconds or [None] * n_songs)[c]
+            cls = int(inspected.leading_cls)
+            if step:  # columns as time: a CLS column sits left of 0 s
+                extent = (-cls * step, (weights.shape[1] - cls) * step, len(weights) - 0.5, -0.5)
+                ax.set_xlabel("music time (s)" + (" · CLS left of 0" if cls else ""), fontsize=7)
+            else:
+                extent = (-0.5, weights.shape[1] - 0.5, len(weights) - 0.5, -0.5)
+                ax.set_xlabel("music time step", fontsize=7)
+            image = ax.imshow(weights, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0.0, vmax=top,
+                              extent=extent)
             ax.set_yticks(range(len(weights)))
             ax.set_yticklabels(inspected.tokens[c][:max_tokens], fontsize=5)
-            ax.set_xlabel("music time step", fontsize=7)
             ax.tick_params(axis="x", labelsize=6)
-            ax.set_title(f"{inspected.name} | {inspected.song_ids[c]}", fontsize=8)
-            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
-    fig.suptitle("fusion cross-attention: lyric tokens attending over music time steps", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out)
+            ax.set_title(f"{inspected.name} | {inspected.song_ids[c]}", fontsize=8, color=method_colour(inspected.name),
+                         fontweight="bold")
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
+    bar.set_label("attention weight (each token's weights sum to 1; one scale for all panels)", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    fig.suptitle("fusion cross-attention: lyric tokens attending over the music", fontsize=9)
+    fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return str(out)
 
@@ -128,17 +151,21 @@ def alignment_figure(results: list[tuple[Inspected, np.ndarray, dict]], out: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.8), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results) + 0.8, 4.8), dpi=110, squeeze=False)
+    low = min(float(similarity.min()) for _, similarity, _ in results)
+    high = max(float(similarity.max()) for _, similarity, _ in results)
+    image = None
     for ax, (inspected, similarity, metrics) in zip(axes[0], results):
-        image = ax.imshow(similarity, cmap="magma", interpolation="nearest")
+        image = ax.imshow(similarity, cmap="magma", interpolation="nearest", vmin=low, vmax=high)
         ax.set_title(f"{inspected.name}: music->lyrics R@1 {metrics['recall@1']:.2f} "
-                     f"(chance {metrics['chance_recall@1']:.2f})", fontsize=8)
+                     f"(chance {metrics['chance_recall@1']:.2f})", fontsize=8, color=method_colour(inspected.name),
+                     fontweight="bold")
         ax.set_xlabel("lyrics of song j (z_t)", fontsize=7)
         ax.set_ylabel("music of song i (z_m)", fontsize=7)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
+    bar.set_label("cosine similarity (one scale for all panels)", fontsize=7)
     fig.suptitle("alignment head: cosine similarity, matching pairs on the diagonal", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out)
+    fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return str(out)
 

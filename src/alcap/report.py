@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .style import method_colour
+
 METRIC_COLUMNS = (("rouge1_recall", "R-1"), ("rouge2_recall", "R-2"), ("rougeL_recall", "R-L"), ("meteor", "METEOR"),
                   ("rouge1_f1", "R-1 F1"), ("rouge2_f1", "R-2 F1"), ("rougeL_f1", "R-L F1"))
 
@@ -58,14 +60,17 @@ def plot_losses(runs: dict[str, Path], out: Path) -> None:
         first_seed.setdefault(name.split(" ")[0], (name, run))
     for name, run in first_seed.values():
         log = read_jsonl(run / "log.jsonl")
+        colour = method_colour(name)
         steps = [r for r in log if "train/caption_loss" in r]
-        line, = axes[0].plot([r["step"] for r in steps], [r["train/caption_loss"] for r in steps], label=f"{name} train", lw=1)
+        axes[0].plot([r["step"] for r in steps], [r["train/caption_loss"] for r in steps], label=f"{name} train", lw=1,
+                     color=colour)
         evals = [r for r in log if "val/caption_loss" in r]
-        axes[0].plot([r["step"] for r in evals], [r["val/caption_loss"] for r in evals], "o--", color=line.get_color(),
+        axes[0].plot([r["step"] for r in evals], [r["val/caption_loss"] for r in evals], "o--", color=colour,
                      label=f"{name} val", ms=3)
         contrast = [r for r in steps if "train/contrast_loss" in r]
         if contrast:
-            axes[1].plot([r["step"] for r in contrast], [r["train/contrast_loss"] for r in contrast], label=name, lw=1)
+            axes[1].plot([r["step"] for r in contrast], [r["train/contrast_loss"] for r in contrast], label=name, lw=1,
+                         color=colour)
     axes[0].set(title="caption loss (cross-entropy)", xlabel="optimiser step", ylabel="loss")
     axes[1].set(title="contrastive loss (InfoNCE; alpha = 0 logs it untrained)", xlabel="optimiser step", ylabel="loss")
     for ax in axes:
@@ -112,12 +117,15 @@ def write_report(runs_dir: str | Path, split: str = "test", samples: int = 4, ca
                   "| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         for name, m in metrics.items():
             lines.append(f"| {name} | " + " | ".join(f"{m['retrieval'][k]:.4f}" for k in keys) + " |")
+        if first["retrieval"].get("songs"):
+            from .metrics.retrieval import chance_retrieval
+
+            chance = chance_retrieval(first["retrieval"]["songs"], sorted({int(k.split("@")[1]) for k in keys}))
+            lines.append("| chance (random ranking) | " + " | ".join(f"{chance[k]:.4f}" for k in keys) + " |")
     if any(m.get("meteor") is None for m in metrics.values()):
         lines += ["", f"METEOR unavailable: {next(m['meteor_unavailable'] for m in metrics.values() if m.get('meteor') is None)}"]
     if all("attribute_accuracy" in m for m in metrics.values()):
         attrs = list(first["attribute_accuracy"])
-        lines += ["", "How often the caption states the song's true attribute (share of songs):", "",
-                  "| model | " + " | ".join(attrs) + " |", "|---" * (len(attrs) + 1) + "|"]
         invented = sorted({a for m in metrics.values() for a in m.get("attribute_invented", {})})
         heads = attrs + [f"{a} invented for instrumentals" for a in invented]
         lines += ["", "How often the caption states the song's true attribute (share of songs; words from "
@@ -127,6 +135,10 @@ def write_report(runs_dir: str | Path, split: str = "test", samples: int = 4, ca
             cells = [f"{m['attribute_accuracy'].get(a, float('nan')):.0%}" for a in attrs]
             cells += [f"{m.get('attribute_invented', {}).get(a, float('nan')):.0%}" for a in invented]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        chance = first.get("attribute_chance")
+        if chance:  # every model captions the same songs
+            lines.append("| chance (most common value) | " + " | ".join(
+                [f"{chance[a]:.0%}" if a in chance else "" for a in attrs] + [""] * len(invented)) + " |")
     else:
         lines += ["", "Attributes not scored: no attributes.json beside the manifest (see README, 'Attribute words')."]
     lines += ["", "![loss curves](loss_curves.png)", ""]
@@ -138,12 +150,18 @@ def write_report(runs_dir: str | Path, split: str = "test", samples: int = 4, ca
     names = list(first_of_method.values())
     for i in range(min(samples, len(predictions[names[0]]))):
         row = predictions[names[0]][i]
-        lines += [f"**{row['song_id']}** — reference: {row['references'][0]}", ""]
+        heard = "" if row.get("lyrics", "x").strip() else " *(an instrumental: captioned without lyrics)*"
+        lines += [f"**{row['song_id']}**{heard} — reference: {row['references'][0]}", ""]
         lines += [f"- {name}: {predictions[name][i]['prediction']}" for name in names] + [""]
     if captions_file and Path(captions_file).exists():
-        lines += ["## Held-out songs captioned from their audio files (`alcap caption`)", ""]
-        lines += [f"- `{Path(r['file']).name}`: " + (r["caption"] if "caption" in r else f"(failed: {r['error']})")
-                  for r in read_jsonl(Path(captions_file))]
+        records = read_jsonl(Path(captions_file))
+        without = sum(1 for r in records if "caption" in r and not r.get("lyrics", "").strip())
+        lines += ["## Held-out songs captioned from their audio files (`alcap caption`)", "",
+                  f"{len(records)} songs; {without} of them captioned without lyrics (marked)." if without else
+                  f"{len(records)} songs, each captioned from its audio and its lyrics.", ""]
+        lines += [f"- `{Path(r['file']).name}`"
+                  + (" *(no lyrics: from the music alone)*" if "caption" in r and not r.get("lyrics", "").strip() else "")
+                  + ": " + (r["caption"] if "caption" in r else f"(failed: {r['error']})") for r in records]
     report = runs_dir / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report

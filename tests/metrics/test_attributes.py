@@ -29,6 +29,8 @@ def test_accuracy_counts_only_listed_values_and_reports_invented_themes():
     # flute is not in the file: left out, not counted wrong (3 songs scored for instrument)
     assert scored["accuracy"] == {"instrument": pytest.approx(2 / 3), "theme": pytest.approx(3 / 4)}
     assert scored["invented"] == {"theme": 0.5}  # one of the two instrumentals was given a theme
+    # chance: always stating the most common value (piano 2 of 3; instrumental, i.e. no theme, 2 of 4)
+    assert scored["chance"] == {"instrument": pytest.approx(2 / 3), "theme": pytest.approx(2 / 4)}
     assert "drums" not in scored["accuracy"]  # no song has a drums column
     assert attribute_accuracy(items, captions, None) == {}  # no words: not scored, never false zeros
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from alcap.metrics.retrieval import cosine_similarity, pick_queries, retrieval_metrics, split_sentences
+from alcap.metrics.retrieval import chance_retrieval, cosine_similarity, pick_queries, retrieval_metrics, split_sentences
 
 
 def test_hand_made_ranking():
@@ -32,6 +32,16 @@ def test_ties_count_by_their_probability():
     # One better song, then a tie of the relevant song with one other: positions 2 or 3.
     sim = np.array([[0.5, 0.9, 0.5], [0, 1, 0], [0, 0, 1]], dtype=float)
     assert retrieval_metrics(sim, ks=(1, 2))["recall@2"] == pytest.approx((0.5 + 1 + 1) / 3)
+
+
+def test_chance_levels_are_a_random_ranking_in_expectation():
+    m = chance_retrieval(45)
+    assert m["recall@1"] == pytest.approx(1 / 45) and m["recall@10"] == pytest.approx(10 / 45)
+    assert m["precision@5"] == pytest.approx(1 / 45) and m["mean_rank"] == pytest.approx(23.0)
+    assert chance_retrieval(3, ks=(5,))["recall@5"] == 1.0  # k past the pool: every song is in the top k
+    rng = np.random.default_rng(0)  # random rankings average to it
+    draws = [retrieval_metrics(rng.random((45, 45)))["recall@10"] for _ in range(400)]
+    assert np.mean(draws) == pytest.approx(m["recall@10"], abs=0.01)
 
 
 def test_metrics_do_not_depend_on_the_pool_order():

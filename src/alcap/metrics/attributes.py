@@ -72,11 +72,12 @@ class AttributeWords:
 
 
 def attribute_accuracy(items: list[dict], predictions: list[str], words: AttributeWords | None) -> dict:
-    """{"accuracy": {attribute: share right}, "invented": {attribute: share of songs whose value
-    has no words (instrumentals) where a value was stated anyway}} or {} when not scored."""
+    """{"accuracy": {attribute: share right}, "chance": {attribute: share right of a caption that
+    always states the split's most common value}, "invented": {attribute: share of songs whose
+    value has no words (instrumentals) where a value was stated anyway}} or {} when not scored."""
     if words is None or not items:
         return {}
-    accuracy, invented = {}, {}
+    accuracy, invented, chance = {}, {}, {}
     for attribute in words.words:
         # Songs whose value the file does not list are left out, not counted wrong.
         pairs = [(words.stated(p)[attribute], it["attributes"][attribute]) for it, p in zip(items, predictions)
@@ -84,10 +85,12 @@ def attribute_accuracy(items: list[dict], predictions: list[str], words: Attribu
         if not pairs:
             continue
         accuracy[attribute] = sum(words.is_right(attribute, s, t) for s, t in pairs) / len(pairs)
+        truths = [t for _, t in pairs]
+        chance[attribute] = max(truths.count(v) for v in set(truths)) / len(truths)
         silent = [s for s, t in pairs if not words.words[attribute][t]]
         if silent:
             invented[attribute] = sum(s is not None for s in silent) / len(silent)
-    out = {"accuracy": accuracy} if accuracy else {}
+    out = {"accuracy": accuracy, "chance": chance} if accuracy else {}
     if invented:
         out["invented"] = invented
     return out

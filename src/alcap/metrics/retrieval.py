@@ -67,6 +67,14 @@ def retrieval_metrics(similarity: np.ndarray, ks: Sequence[int] = DEFAULT_KS) ->
     return out
 
 
+def chance_retrieval(songs: int, ks: Sequence[int] = DEFAULT_KS) -> dict:
+    """What a random ranking of `songs` scores in expectation: `retrieval_metrics` of a
+    similarity matrix where every song ties (recall@k = k / songs, mean rank (songs + 1) / 2)."""
+    if songs < 1:
+        raise ValueError(f"chance levels need at least one song, got {songs}")
+    return retrieval_metrics(np.zeros((songs, songs)), ks)
+
+
 def cosine_similarity(queries: np.ndarray, items: np.ndarray) -> np.ndarray:
     q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
     d = items / np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-12)
