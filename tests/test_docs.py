@@ -84,3 +84,81 @@ def test_the_quick_start_runs_as_written(tiny_corpus, tiny_models, tmp_path):
 
 def code_blocks_of(text: str) -> list[str]:
     return re.findall(r"^```[a-z]*\n(.*?)^```", text, flags=re.S | re.M)
+
+
+RUNNABLE = "<!-- runnable:"
+
+
+def runnable_blocks(path: Path) -> list[str]:
+    """Code blocks marked `<!-- runnable: ... -->` on the line before them."""
+    return re.findall(r"^<!-- runnable:[^\n]*-->\n```[a-z]*\n(.*?)^```", path.read_text(encoding="utf-8"),
+                      flags=re.S | re.M)
+
+
+@pytest.fixture
+def demo_outputs(tiny_corpus, tiny_models, tmp_path, monkeypatch):
+    """A working directory laid out as `make demo` leaves it, with tiny stand-ins: demo/corpus,
+    runs/demo/{bart,bart-fusion,alcap}/seed-2020/best, configs/, and the files the docs name."""
+    import csv
+    import json
+
+    work, home = tmp_path / "work", tmp_path / "home"
+    shutil.copytree(tiny_corpus / "corpus", work / "demo" / "corpus")
+    for method, model in (("bart", "lyrics"), ("bart-fusion", "music"), ("alcap", "music")):
+        shutil.copytree(tiny_models[model].parent, work / "runs" / "demo" / method / "seed-2020",
+                        ignore=shutil.ignore_patterns("states"))
+    shutil.copytree(ROOT / "configs", work / "configs")
+    audio = sorted((work / "demo" / "corpus" / "audio").iterdir())
+    by_kind = {kind: [a for a in audio if a.suffix == kind] for kind in (".mp3", ".flac", ".wav")}
+    shutil.copy(by_kind[".mp3"][0], work / "song.mp3")
+    shutil.copy(by_kind[".wav"][0], work / "song.wav")
+    (work / "lyrics.txt").write_text("I miss the porch where grandma used to sit\n")
+    for folder, files in (("songs", by_kind[".wav"][:2]), ("more", by_kind[".flac"][:2]), (home / "Music", audio[:3])):
+        (work / folder).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy(f, work / folder)
+    rows = [json.loads(line) for line in (work / "demo" / "corpus" / "manifest.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["audio"] = str(work / "demo" / "corpus" / row["audio"])
+    (work / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("manifest.csv", "catalogue.csv"):
+        with open(work / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    return work
+
+
+def shell_words(words: str) -> list[str]:
+    """The arguments bash makes of `words` (quotes, ~, globs and braces expanded), nothing run."""
+    done = subprocess.run(["bash", "-c", f"printf '%s\\0' {words}"], capture_output=True, text=True, check=True)
+    return done.stdout.split("\0")[:-1]
+
+
+def test_the_runnable_blocks_run_on_the_demo_outputs(demo_outputs, capsys):
+    from alcap.cli import main
+
+    blocks = runnable_blocks(ROOT / "README.md")
+    assert len(blocks) >= 6
+    ran = 0
+    for block in blocks:
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            line = line.split(" # ", 1)[0].strip()
+            for command in filter(None, (c.strip() for c in line.split(" ; "))):
+                assert command.startswith("alcap "), command
+                if "SONG_ID" in command:  # the docs' placeholder: a song of the library just built
+                    from alcap.library import Library
+
+                    with Library.open("lib") as library:
+                        command = re.sub(r"\bSONG_ID(_OR_PATH)?\b", library.songs()[0].id, command)
+                words, _, redirect = command[len("alcap "):].partition(" > ")
+                code = main(shell_words(words))
+                out, err = capsys.readouterr()
+                assert code == 0, f"`{command}` exited {code}: {err[-1500:]}"
+                if redirect:
+                    Path(redirect.strip()).write_text(out)
+                ran += 1
+    assert ran >= 20
+    assert (demo_outputs / "runs" / "demo" / "report.md").is_file() and (demo_outputs / "captions.csv").stat().st_size

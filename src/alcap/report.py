@@ -59,6 +59,8 @@ def plot_losses(runs: dict[str, Path], out: Path) -> None:
     for name, run in runs.items():
         first_seed.setdefault(name.split(" ")[0], (name, run))
     for name, run in first_seed.values():
+        if not (run / "log.jsonl").is_file():  # a model copied without its run's log: no curve to draw
+            continue
         log = read_jsonl(run / "log.jsonl")
         colour = method_colour(name)
         steps = [r for r in log if "train/caption_loss" in r]
