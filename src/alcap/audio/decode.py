@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import sys
 from dataclasses import asdict, dataclass
