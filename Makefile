@@ -59,6 +59,9 @@ demo: $(STAMP)
 	@echo "embedding store: $(EMBED_DIR)"
 	@echo "report:          $(RUNS_DIR)/report.md (tables/, metrics.json, loss_curves.png, attention.png, alignment/, swap/)"
 	@echo "song library:    $(LIBRARY_DIR) (alcap library search $(LIBRARY_DIR) \"your description\")"
+	@echo
+	@echo "serve the library and the model, then open http://127.0.0.1:8000/ in a browser:"
+	@echo "  $(BIN)/alcap serve $(LIBRARY_DIR) --model $(RUNS_DIR)/alcap/seed-$(DEMO_SEED)/best"
 
 .PHONY: demo-embed demo-text-pretrain demo-captions demo-attention demo-alignment demo-swap demo-library
 demo-embed:
@@ -95,6 +98,7 @@ demo-library:
 	$(BIN)/alcap library search $(LIBRARY_DIR) $(DEMO_QUERIES) --top 3 > $(LIBRARY_DIR)/example-searches.txt
 
 test: $(STAMP)
+	@bash scripts/install-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import audio, caption, config, data, evaluate, library, train
+from . import audio, caption, config, data, evaluate, library, serve, train
 
 EPILOG = "Documentation: README.md. Every command prints its own --help."
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     caption.add_caption(sub)
     library.add_library(sub)
+    serve.add_serve(sub)
     data.add_data(sub)
     audio.add_tag(sub)
     audio.add_train_tagger(sub)
