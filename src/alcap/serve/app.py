@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .batcher import CaptionBatcher, QueueFull
+from .batcher import MicroBatcher, QueueFull, caption_process, query_process
 
 logger = logging.getLogger("alcap.serve")
 UPLOADS_DIR = "uploads"  # inside the library: uploaded songs added with ?add=true
@@ -56,7 +56,7 @@ class Service:
         self.settings = settings
         self.ready = threading.Event()
         self.load_error: str | None = None
-        self.captioner = self.batcher = self.encoder = None
+        self.captioner = self.batcher = self.queries = self.encoder = None
         self.add_refused: str | None = None  # why songs cannot be added (another model than the library's)
         self.started = time.time()
         self._local = threading.local()
@@ -81,8 +81,12 @@ class Service:
                 _refuse_other_identity(self.settings.library, self.library().identity, self.identity)
             except LibraryMismatchError as exc:
                 self.add_refused = str(exc)
-            self.batcher = CaptionBatcher(captioner, self.settings.max_batch, self.settings.max_wait_ms,
-                                          self.settings.queue_size)
+            captioner.generation = captioner.generation.with_overrides(
+                batch_size=max(self.settings.max_batch, captioner.generation.batch_size), num_return_sequences=1)
+            self.batcher = MicroBatcher(caption_process(captioner), self.settings.max_batch, self.settings.max_wait_ms,
+                                        self.settings.queue_size, name="alcap-caption-worker")
+            # Searches get their own worker: they never wait behind captioning.
+            self.queries = MicroBatcher(query_process(self.encoder), 32, 2.0, 1024, name="alcap-query-worker")
             self.captioner = captioner
         except Exception as exc:  # noqa: BLE001 - reported by /healthz and every request that needs the model
             logger.error("the model could not be loaded: %s", exc)
@@ -133,8 +137,9 @@ def create_app(settings: ServeSettings, load_in_background: bool = True) -> Fast
         if not load_in_background:
             await run_in_threadpool(loader.join)
         yield
-        if service.batcher is not None:
-            await run_in_threadpool(service.batcher.close)
+        for batcher in (service.batcher, service.queries):
+            if batcher is not None:
+                await run_in_threadpool(batcher.close)
 
     app = FastAPI(title="alcap", version=_version(), lifespan=lifespan,
                   description="Caption songs from their audio and lyrics, and search a captioned song library by "
@@ -180,6 +185,9 @@ def create_app(settings: ServeSettings, load_in_background: bool = True) -> Fast
         if service.batcher is not None:
             body["captioning"] = {**service.batcher.stats.to_dict(), "waiting": service.batcher.waiting,
                                   "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms}
+            queries = service.queries.stats
+            body["search_encoding"] = {"batches": queries.batches, "queries": queries.items,
+                                       "largest_batch": queries.largest_batch}
         return JSONResponse(body, status_code=200 if status != "error" else 503)
 
     @app.post("/api/caption", tags=["captioning"], summary="caption an uploaded song")
@@ -209,7 +217,7 @@ def create_app(settings: ServeSettings, load_in_background: bool = True) -> Fast
             raise HTTPException(415 if "not a readable audio file" in exc.reason else 422,
                                 f"{file.filename or 'the upload'}: {exc.reason}") from None
         try:
-            future = service.batcher.submit(clip.samples if captioner.uses_music else None, lyrics)
+            future = service.batcher.submit((clip.samples if captioner.uses_music else None, lyrics))
         except QueueFull:
             raise HTTPException(503, "too many songs are waiting to be captioned; try again shortly",
                                 headers={"Retry-After": "2"}) from None
@@ -225,12 +233,18 @@ def create_app(settings: ServeSettings, load_in_background: bool = True) -> Fast
         return body
 
     @app.get("/api/search", tags=["library"], summary="songs that match a description")
-    def search(q: str = Query(..., min_length=1, max_length=500, description="what the songs should be like"),
-               k: int = Query(10, ge=1, le=100), mode: str = Query("hybrid", pattern="^(hybrid|dense|lexical)$")):
-        """The k best songs: `{query, mode, results: [{id, score, caption, lyrics, metadata, duration}]}`."""
+    async def search(q: str = Query(..., min_length=1, max_length=500, description="what the songs should be like"),
+                     k: int = Query(10, ge=1, le=100), mode: str = Query("hybrid", pattern="^(hybrid|dense|lexical)$")):
+        """The k best songs: `{query, mode, results: [{id, score, caption, lyrics, metadata, name, audio}]}`."""
+        vector = None
         if mode != "lexical":
             service.require_model()
-        hits = service.library().search(q, k=k, mode=mode)
+            try:
+                vector = await asyncio.wrap_future(service.queries.submit(q))
+            except QueueFull:
+                raise HTTPException(503, "too many searches are waiting; try again shortly",
+                                    headers={"Retry-After": "1"}) from None
+        hits = await run_in_threadpool(lambda: service.library().search(q, k=k, mode=mode, vector=vector))
         return {"query": q, "mode": mode, "results": [_hit(h) for h in hits]}
 
     @app.get("/api/songs", tags=["library"], summary="the library's songs, a page at a time")
