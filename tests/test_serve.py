@@ -1,7 +1,6 @@
 """`alcap serve`: every endpoint and error, micro-batching, and the page in a real browser."""
 
 import io
-import json
 import os
 import shutil
 import socket
