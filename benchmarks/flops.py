@@ -31,11 +31,13 @@ def matmul_peak(n: int, repeats: int = 5, device: str = "cpu", dtype: torch.dtyp
     return 2 * n ** 3 / best_of(lambda: torch.mm(a, b), repeats, device)
 
 
-def step_flops(model, batch, device: str = "cpu") -> int:
-    """FLOPs of one training step's forward and backward (the optimiser update is negligible)."""
+def step_flops(model, batch, device: str = "cpu", full_logits: bool = False) -> int:
+    """FLOPs of one training step's forward and backward (the optimiser update is negligible):
+    alcap's (the loss on labelled positions, the LM head recomputed in the backward pass), or
+    with `full_logits` the original's (HF's loss over every position)."""
     batch = {k: v.to(device) for k, v in batch.items()}
     with FlopCounterMode(display=False) as counter:
-        model(**batch).loss.backward()
+        model(**batch, return_logits=full_logits).loss.backward()
     model.zero_grad()
     return counter.get_total_flops()
 
@@ -68,10 +70,11 @@ def main() -> None:
 
     peak = matmul_peak(size, repeats=20 if on_gpu else 5, device=args.device, dtype=dtype)
     flops = sum(step_flops(model, b, args.device) for b in batches)
-    per_row_naive = step_flops(model, naive, args.device) / naive["input_ids"].shape[0]
+    per_row_naive = step_flops(model, naive, args.device, full_logits=True) / naive["input_ids"].shape[0]
     per_row_ours = flops / sum(b["input_ids"].shape[0] for b in batches)
     device = {"device": args.device, "autocast": dtype if args.bf16 else None}
-    run_steps(model, optimizer, [naive, batches[0]], **device)  # warm-up, the largest batch first (allocator)
+    run_steps(model, optimizer, [naive], full_logits=True, **device)  # warm-up, the largest batch first (allocator)
+    run_steps(model, optimizer, batches[:1], **device)
     seconds, _, _ = run_steps(model, optimizer, batches, **device)
     achieved = flops / seconds
     precision = "bf16" if args.bf16 else "float32"

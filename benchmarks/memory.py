@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 from training import (  # noqa: E402
-    MAX_TOKENS, build_model, naive_batches, ours_batches, padded_tokens, run_steps, synthetic_rows, token_lengths,
+    MAX_TOKENS, add_bart_vocab_arg, build_model, naive_batches, ours_batches, padded_tokens, run_steps, synthetic_rows, token_lengths,
 )
 
 from alcap.data.dataset import CaptionCollator, LengthGroupedSampler  # noqa: E402
@@ -33,10 +33,12 @@ from alcap.data.dataset import CaptionCollator, LengthGroupedSampler  # noqa: E4
 MIB = 1024 * 1024
 
 
-def measure(path: str, preset: str, batch_size: int) -> dict:
-    """In this (fresh) process: MiB resident after set-up and at the peak of the training step."""
+def measure(path: str, preset: str, batch_size: int, bart_vocab: bool = False) -> dict:
+    """In this (fresh) process: MiB resident after set-up and at the peak of the training step
+    (alcap's for its batches: the loss on labelled positions only; HF's full-logits loss for the
+    naive path, as the original computed it)."""
     rows = synthetic_rows(batch_size * 60)
-    model, tokenizer = build_model(preset, rows)
+    model, tokenizer = build_model(preset, rows, bart_vocab=bart_vocab)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     # Every process prepares all three batches, so they differ only in the step they run.
     batches = {"naive": naive_batches(rows, tokenizer, batch_size, 1)[0],
@@ -44,9 +46,10 @@ def measure(path: str, preset: str, batch_size: int) -> dict:
                "largest": largest_batch(rows, tokenizer, batch_size)}
     batch = batches[path]
     small = {k: v[:1] for k, v in batch.items()}
-    run_steps(model, optimizer, [small])  # the optimiser's state exists from the first step on
+    full_logits = path == "naive"
+    run_steps(model, optimizer, [small], full_logits=full_logits)  # the optimiser's state exists from the first step on
     resting = psutil.Process().memory_info().rss / MIB
-    run_steps(model, optimizer, [batch])
+    run_steps(model, optimizer, [batch], full_logits=full_logits)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"resting_mib": resting, "peak_mib": peak, "padded_tokens_per_row": padded_tokens(batch) / batch_size}
 
@@ -66,17 +69,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2,
                         help="fresh processes per measurement; the lowest peak is kept (RSS varies ~10%% run to run)")
     parser.add_argument("--child", choices=["typical", "largest", "naive"], help=argparse.SUPPRESS)
+    add_bart_vocab_arg(parser)
     args = parser.parse_args()
     preset = args.preset or ("small" if args.quick else "bart-base")
     if args.child:
-        print(json.dumps(measure(args.child, preset, args.batch_size)))
+        print(json.dumps(measure(args.child, preset, args.batch_size, args.bart_vocab)))
         return
     result = {}
     for path in ("typical", "largest", "naive"):
         runs = []
         for _ in range(args.repeats):
             done = subprocess.run([sys.executable, __file__, "--child", path, "--preset", preset,
-                                   "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
+                                   "--batch-size", str(args.batch_size)] + (["--bart-vocab"] if args.bart_vocab else []),
+                                  capture_output=True, text=True, check=True)
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         result[path] = min(runs, key=lambda r: r["peak_mib"])
     step = {k: v["peak_mib"] - v["resting_mib"] for k, v in result.items()}
@@ -87,7 +92,7 @@ def main() -> None:
            f"({pad['largest']:.0f} padded tokens per row) {largest:.0f} MiB (+{step['largest']:.0f} MiB over model and "
            f"optimiser), its typical batch ({pad['typical']:.0f} tokens) {typical:.0f} MiB (+{step['typical']:.0f} MiB) "
            f"vs padding to 512+512 {naive:.0f} MiB (+{step['naive']:.0f} MiB): {largest / naive:.2f}x",
-           preset=preset, batch_size=args.batch_size, lower_is_better=True, typical_mib=round(typical, 1),
+           preset=preset, batch_size=args.batch_size, bart_vocab=args.bart_vocab, lower_is_better=True, typical_mib=round(typical, 1),
            step_mib_largest=round(step["largest"], 1), step_mib_typical=round(step["typical"], 1),
            step_mib_baseline=round(step["naive"], 1), resting_mib=round(result["naive"]["resting_mib"], 1))
 

@@ -116,9 +116,12 @@ def epoch_padding(rows: list[dict], tokenizer, batch_size: int) -> tuple[float, 
     return padded / len(rows), lengths.sum() / len(rows)
 
 
-def run_steps(model, optimizer, batches, device: str = "cpu", autocast: torch.dtype | None = None) -> tuple[float, int, int]:
+def run_steps(model, optimizer, batches, device: str = "cpu", autocast: torch.dtype | None = None,
+              full_logits: bool = False) -> tuple[float, int, int]:
     """Seconds for the training steps (forward, backward, update), rows and real (non-padding)
-    tokens; `autocast` e.g. torch.bfloat16 on a GPU, as `train.mixed_precision: bf16` does."""
+    tokens; `autocast` e.g. torch.bfloat16 on a GPU, as `train.mixed_precision: bf16` does.
+    alcap's step computes the caption loss on the labelled positions only (`alcap train`'s);
+    `full_logits`: HF's loss over logits at every position, padding included (the original's)."""
     rows = tokens = 0
     device_type = torch.device(device).type
     synchronize(device)
@@ -126,7 +129,7 @@ def run_steps(model, optimizer, batches, device: str = "cpu", autocast: torch.dt
     for batch in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
-            output = model(**batch)
+            output = model(**batch, return_logits=full_logits)
         output.loss.backward()
         optimizer.step()
         optimizer.zero_grad()

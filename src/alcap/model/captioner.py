@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import BartConfig, BartForConditionalGeneration, DynamicCache
+from transformers.models.bart.modeling_bart import shift_tokens_right
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -25,6 +26,7 @@ from .alignment import AlignmentHead, gather_across_processes, info_nce, info_nc
 from .beam import BEAM_SDPA, BeamCache
 from ..utils import setting
 from .fusion import FusionBlock
+from .loss import label_token_loss
 
 CONFIG_FILE, WEIGHTS_FILE = "alcap_config.json", "model.safetensors"
 
@@ -83,7 +85,7 @@ class AlcapOutput:
     loss: torch.Tensor | None  # caption_loss + alpha * contrast_loss
     caption_loss: torch.Tensor | None
     contrast_loss: torch.Tensor | None  # computed whenever music is used, also with alpha = 0 (for logging)
-    logits: torch.Tensor  # (B, L_caption, vocab)
+    logits: torch.Tensor | None  # (B, L_caption, vocab); None when trained with return_logits=False
     z_music: torch.Tensor | None = None  # (B, music_dim) pooled music
     z_lyrics: torch.Tensor | None = None  # (B, music_dim) projected pooled lyrics
     fusion_attentions: list[torch.Tensor] | None = None  # per fusion layer, (B, L_t, L_m)
@@ -184,16 +186,26 @@ class AlcapModel(nn.Module):
     # ------------------------------------------------------------------ training
 
     def forward(self, input_ids, attention_mask, labels=None, music=None, music_mask=None, song_ids=None,
-                decoder_input_ids=None, return_attention: bool = False) -> AlcapOutput:
-        """labels: (B, L_c) caption ids with -100 at padding; song_ids mark rows of one song."""
+                decoder_input_ids=None, return_attention: bool = False, return_logits: bool = True) -> AlcapOutput:
+        """labels: (B, L_c) caption ids with -100 at padding; song_ids mark rows of one song.
+        `return_logits=False` (training): the caption loss is computed on the labelled positions
+        only, chunk by chunk (model/loss.py), and no (B, L_c, vocab) logits are made."""
         music = self._prepare_music(music)
         with variable_shape_attention():
             encoded = self.encode(input_ids, attention_mask, music, music_mask, need_weights=return_attention)
-            out = self.bart(
-                attention_mask=attention_mask, encoder_outputs=BaseModelOutput(last_hidden_state=encoded.states),
-                labels=labels, decoder_input_ids=decoder_input_ids, use_cache=False,
-            )
-        caption_loss = out.loss
+            encoder_outputs = BaseModelOutput(last_hidden_state=encoded.states)
+            if labels is not None and not return_logits:
+                if decoder_input_ids is None:
+                    decoder_input_ids = shift_tokens_right(labels, self.bart.config.pad_token_id,
+                                                           self.bart.config.decoder_start_token_id)
+                hidden = self.bart.model(attention_mask=attention_mask, encoder_outputs=encoder_outputs,
+                                         decoder_input_ids=decoder_input_ids, use_cache=False).last_hidden_state
+                caption_loss = label_token_loss(hidden, labels, self.bart.lm_head.weight, self.bart.final_logits_bias[0])
+                logits = None
+            else:
+                out = self.bart(attention_mask=attention_mask, encoder_outputs=encoder_outputs, labels=labels,
+                                decoder_input_ids=decoder_input_ids, use_cache=False)
+                caption_loss, logits = out.loss, out.logits
         contrast_loss = z_m = z_t = bound = None
         if self.config.use_music and music is not None:
             z_m, z_t = self.alignment(encoded.align_states, attention_mask, music, music_mask)
@@ -206,7 +218,7 @@ class AlcapModel(nn.Module):
         loss = caption_loss
         if loss is not None and contrast_loss is not None and self.config.alpha > 0:
             loss = loss + self.config.alpha * contrast_loss
-        return AlcapOutput(loss, caption_loss, contrast_loss, out.logits, z_m, z_t, encoded.attentions, bound)
+        return AlcapOutput(loss, caption_loss, contrast_loss, logits, z_m, z_t, encoded.attentions, bound)
 
     def _contrast(self, z_m: torch.Tensor, z_t: torch.Tensor, song_ids) -> tuple[torch.Tensor, torch.Tensor]:
         """InfoNCE over the global batch: under several processes the embeddings of all of them

@@ -243,7 +243,7 @@ def train(config: RunConfig, progress: bool = True) -> dict:
         loader = accelerator.skip_first_batches(train_loader, state.batches_done) if state.batches_done else train_loader
         for batch in loader:
             with accelerator.accumulate(model):
-                output = model(**batch)
+                output = model(**batch, return_logits=False)  # the loss without (B, L_c, vocab) logits
                 if not _finite_everywhere(accelerator, output.loss):
                     _nonfinite_loss(config, state, output, batch, song_of_index, out)
                     optimizer.zero_grad()  # the batch is skipped (train.nonfinite_loss=skip)
@@ -360,7 +360,7 @@ def evaluate_losses(model, loader, accelerator) -> dict:
     sums: dict[str, float] = {}
     count = 0
     for batch in loader:
-        output = model(**batch)
+        output = model(**batch, return_logits=False)
         n = torch.tensor(float(batch["input_ids"].shape[0]), device=accelerator.device)
         for key in LOSS_KEYS:
             value = getattr(output, key)
