@@ -385,3 +385,18 @@ def test_stored_music_embeddings_replace_decoding_when_they_match_the_model(tiny
     err = capsys.readouterr().err
     assert code == 2 and "made with another music encoder or excerpt than the model's" in err
     assert "extractor.weights_sha256: store has '0000" in err
+
+
+def test_one_song_by_id_and_pages_of_songs(tmp_path):
+    from alcap.library.store import Song
+
+    identity = {"sentence_model": {"name": "test", "path": None, "dim": 4}}
+    songs = [Song(id=i, path=f"/songs/{i}.wav", caption=f"caption {i}") for i in ("007", "7", "b", "c")]
+    vectors = np.eye(4, dtype=np.float32)
+    with Library.open(tmp_path / "lib", identity, write=True) as library:
+        library.add_batch(songs, vectors)
+    with Library.open(tmp_path / "lib") as library:
+        assert library.song("007").caption == "caption 007" and library.song("7").path == "/songs/7.wav"  # ids as text
+        assert library.song("nope") is None
+        assert [s.id for s in library.songs(offset=1, limit=2)] == ["7", "b"]
+        assert [s.id for s in library.songs(offset=3)] == ["c"]

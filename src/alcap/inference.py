@@ -310,7 +310,7 @@ class Captioner:
         windows of the trained excerpt's length (TrackWindows: streamed, so memory does not grow
         with the track), `windows_per_batch` at a time, and `mode` makes one music sequence of
         them: "concat" (L_m per window, in time order) or "pool" (their mean, step by step)."""
-        if full_track_mode(mode) is None or mode is True:
+        if mode not in FULL_TRACK_MODES:
             raise ValueError(f"mode must be one of {', '.join(FULL_TRACK_MODES)}, not {mode!r}")
         if not self.uses_music:
             raise ValueError("a lyrics-only model hears no music")

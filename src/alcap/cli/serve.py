@@ -24,7 +24,7 @@ def add_serve(sub) -> None:
                         "to the network: put it behind a proxy with TLS and set --write-token")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--write-token", metavar="TOKEN",
-                   help=f"allow adding and removing songs with `Authorization: Bearer TOKEN` (or set ${'ALCAP_WRITE_TOKEN'}); "
+                   help="allow adding and removing songs with `Authorization: Bearer TOKEN` (or set $ALCAP_WRITE_TOKEN); "
                         "default: read-only")
     p.add_argument("--max-upload-mb", type=float, default=50.0, metavar="MB", help="largest upload (default: 50)")
     p.add_argument("--max-batch", type=positive_int, default=8, metavar="N",
@@ -49,7 +49,7 @@ def cmd_serve(args) -> int:
     token = args.write_token or os.environ.get(WRITE_TOKEN_ENV) or None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"alcap serve: note: listening on {args.host}: anyone who can reach this machine can search the library "
-              "and play its songs" + ("" if token else "") + "; use a proxy with TLS in front of it", file=sys.stderr)
+              "and play its songs; use a proxy with TLS in front of it", file=sys.stderr)
     settings = ServeSettings(library=Path(args.library).resolve(), model=args.model, device=args.device,
                              write_token=token, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, queue_size=args.queue_size)

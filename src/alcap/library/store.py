@@ -84,6 +84,14 @@ class Hit:
                 "lyrics": self.lyrics, "metadata": self.metadata}
 
 
+SONG_COLUMNS = "row, id, path, sha256, duration, lyrics, caption, metadata, added"
+
+
+def _song_of(row) -> Song:
+    r, i, p, sha, d, ly, c, m, a = row
+    return Song(id=i, path=p, caption=c, lyrics=ly, sha256=sha, duration=d, metadata=json.loads(m), added=a, row=r)
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
@@ -302,12 +310,17 @@ class Library:
     def __len__(self) -> int:
         return self.db.execute("SELECT count(*) FROM songs").fetchone()[0]
 
-    def songs(self, where: list[str] | None = None) -> list[Song]:
+    def songs(self, where: list[str] | None = None, offset: int = 0, limit: int | None = None) -> list[Song]:
+        """Songs in the order they were added; `offset`/`limit` for a page of them."""
         clause, params = where_clause(where)
-        rows = self.db.execute(f"SELECT row, id, path, sha256, duration, lyrics, caption, metadata, added FROM songs "
-                               f"{clause} ORDER BY row", params)
-        return [Song(id=i, path=p, caption=c, lyrics=ly, sha256=sha, duration=d, metadata=json.loads(m), added=a, row=r)
-                for r, i, p, sha, d, ly, c, m, a in rows]
+        rows = self.db.execute(f"SELECT {SONG_COLUMNS} FROM songs {clause} ORDER BY row LIMIT ? OFFSET ?",
+                               (*params, -1 if limit is None else limit, offset))
+        return [_song_of(r) for r in rows]
+
+    def song(self, song_id: str) -> Song | None:
+        """The song with this id, or None."""
+        row = self.db.execute(f"SELECT {SONG_COLUMNS} FROM songs WHERE id = ?", (song_id,)).fetchone()
+        return None if row is None else _song_of(row)
 
     def failures(self) -> list[dict]:
         return [{"path": p, "id": i, "reason": r, "time": t}

@@ -250,13 +250,12 @@ def create_app(settings: ServeSettings, load_in_background: bool = True) -> Fast
     @app.get("/api/songs", tags=["library"], summary="the library's songs, a page at a time")
     def songs(offset: int = Query(0, ge=0), limit: int = Query(20, ge=1, le=100)):
         library = service.library()
-        rows = library.db.execute("SELECT id FROM songs ORDER BY row LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         return {"total": len(library), "offset": offset, "limit": limit,
-                "songs": [_song(s) for s in (_get_song(library, i) for (i,) in rows) if s is not None]}
+                "songs": [_song(s) for s in library.songs(offset=offset, limit=limit)]}
 
     @app.get("/api/songs/{song_id}", tags=["library"], summary="one song: metadata, lyrics, caption")
     def song(song_id: str):
-        found = _get_song(service.library(), song_id)
+        found = service.library().song(song_id)
         if found is None:
             raise HTTPException(404, f"no song with id {song_id!r} in the library")
         return {**_song(found), "lyrics": found.lyrics}
@@ -264,14 +263,14 @@ def create_app(settings: ServeSettings, load_in_background: bool = True) -> Fast
     @app.get("/api/songs/{song_id}/similar", tags=["library"], summary="songs whose captions are like this one's")
     def similar(song_id: str, k: int = Query(10, ge=1, le=100)):
         library = service.library()
-        if _get_song(library, song_id) is None:
+        if library.song(song_id) is None:
             raise HTTPException(404, f"no song with id {song_id!r} in the library")
         return {"id": song_id, "results": [_hit(h) for h in library.search(like=song_id, k=k)]}
 
     @app.get("/api/songs/{song_id}/audio", tags=["library"], summary="the song's audio file (range requests work)")
     def audio(song_id: str):
         """Only files of songs in the library, by id: never a path from the request."""
-        found = _get_song(service.library(), song_id)
+        found = service.library().song(song_id)
         if found is None:
             raise HTTPException(404, f"no song with id {song_id!r} in the library")
         path = Path(found.path)
@@ -299,20 +298,6 @@ def create_app(settings: ServeSettings, load_in_background: bool = True) -> Fast
         return FileResponse(str(static.joinpath("index.html")), media_type="text/html")
 
     return app
-
-
-def _get_song(library, song_id: str):
-    """The library's song with this id, or None."""
-    import json
-
-    from ..library.store import Song
-
-    row = library.db.execute("SELECT row, id, path, sha256, duration, lyrics, caption, metadata, added FROM songs "
-                             "WHERE id = ?", (song_id,)).fetchone()
-    if row is None:
-        return None
-    r, i, p, sha, d, ly, c, m, a = row
-    return Song(id=i, path=p, caption=c, lyrics=ly, sha256=sha, duration=d, metadata=json.loads(m), added=a, row=r)
 
 
 def _song(song) -> dict:
