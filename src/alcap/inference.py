@@ -142,6 +142,30 @@ FULL_TRACK_MODES = ("concat", "pool")
 DEFAULT_FULL_TRACK = "pool"
 
 
+# How the captioning model's weights are held at inference. "int8": torch's dynamic quantisation
+# of every nn.Linear (int8 weights per output channel, activations quantised per batch; CPU
+# only). The music encoder stays float32, so its h_m equal the stores' and the library's.
+QUANTIZE_MODES = ("none", "int8")
+
+
+def quantize_model(model: AlcapModel, mode: str | None, device: torch.device) -> AlcapModel:
+    """`model` with its linear layers quantised as `mode` (a QUANTIZE_MODES name; None: none)."""
+    if mode in (None, "none"):
+        return model
+    if mode not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, not {mode!r}")
+    if device.type != "cpu":
+        raise ValueError(f"int8 quantisation is for captioning on the CPU, not on {device}; on a GPU use "
+                         "--mixed-precision bf16")
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():  # torch marks eager quantisation as moving to torchao; it still works
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model.eval(), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
 def full_track_mode(value) -> str | None:
     """None (excerpt), or the whole-track mode that `value` (False, True, or a mode) names."""
     if value is None or value is False:
@@ -176,16 +200,20 @@ class Captioner:
     `caption_embeddings(lyrics, h_m)` captions from precomputed music embeddings."""
 
     def __init__(self, model: AlcapModel, tokenizer, extractor: MusicExtractor | None, excerpt: Excerpt,
-                 run: RunConfig, generation: GenerationConfig | None = None, device="cpu"):
+                 run: RunConfig, generation: GenerationConfig | None = None, device="cpu", quantize: str | None = None):
         self.device = resolve_device(device)
-        self.model = model.eval().to(self.device)
+        self.quantize = quantize or "none"  # a QUANTIZE_MODES name; libraries record it
+        self.model = quantize_model(model.eval().to(self.device), self.quantize, self.device)
         self.tokenizer, self.extractor, self.excerpt = tokenizer, extractor, excerpt
         self.run = run  # the configuration the model was trained with
         self.generation = generation or run.generation
         self.max_lyrics_tokens = run.data.max_lyrics_tokens
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device="auto", generation: GenerationConfig | None = None) -> "Captioner":
+    def from_pretrained(cls, directory: str | Path, device="auto", generation: GenerationConfig | None = None,
+                        quantize: str | None = None) -> "Captioner":
+        """`quantize`: "int8" for faster CPU captioning (QUANTIZE_MODES; README, "Performance",
+        has its speed and quality)."""
         from transformers import AutoTokenizer
 
         directory = model_directory(directory)
@@ -199,7 +227,7 @@ class Captioner:
             tokenizer = AutoTokenizer.from_pretrained(directory)
         except (OSError, ValueError) as exc:
             raise ModelDirError(f"{directory}: the tokenizer files are missing or damaged ({str(exc).splitlines()[0]})") from None
-        return cls(model, tokenizer, extractor, excerpt, run, generation, device)
+        return cls(model, tokenizer, extractor, excerpt, run, generation, device, quantize)
 
     @property
     def uses_music(self) -> bool:

@@ -51,6 +51,14 @@ def add_decoding_speed_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
                         help="autocast decoding on a GPU (ignored on the CPU) (default: the run's "
                              "generation.mixed_precision, no)")
+    add_quantize_arg(parser)
+
+
+def add_quantize_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quantize", choices=("none", "int8"), default="none",
+                        help="int8: quantise the captioner's linear layers (torch dynamic int8) for faster CPU "
+                             "captioning, at a small quality cost (README, Performance, has the table); CPU only. "
+                             "The music encoder stays float32 (default: none)")
 
 
 def add_encoder_args(parser: argparse.ArgumentParser, random_init: bool) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import add_device_arg, parse_shard, positive_int
+from .common import add_device_arg, add_quantize_arg, parse_shard, positive_int
 
 
 def add_library(sub) -> None:
@@ -39,6 +39,7 @@ def add_library(sub) -> None:
     p.add_argument("--full-track", nargs="?", const="pool", choices=("pool", "concat"), metavar="MODE",
                    help="hear whole tracks, as `alcap caption --full-track` does (pool, the default, or concat); "
                         "fixed when the library is created")
+    add_quantize_arg(p)
     _index_arg(p, "--index")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -146,7 +147,7 @@ def cmd_library_add(args) -> int:
                        batch_size=args.batch_size or 16, workers=args.workers, limit=args.limit,
                        shard=parse_shard(args.shard) if args.shard else None, index=args.index,
                        splits=args.split, embeddings=args.embeddings, full_track=args.full_track,
-                       progress=not args.quiet)
+                       quantize=args.quantize, progress=not args.quiet)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:

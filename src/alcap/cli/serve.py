@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import add_device_arg, positive_int
+from .common import add_device_arg, add_quantize_arg, positive_int
 
 
 def add_serve(sub) -> None:
@@ -34,6 +34,7 @@ def add_serve(sub) -> None:
     p.add_argument("--queue-size", type=positive_int, default=64, metavar="N",
                    help="songs that may wait to be captioned; more are refused with 503 and Retry-After (default: 64)")
     add_device_arg(p)
+    add_quantize_arg(p)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (default: info)")
     p.set_defaults(func=cmd_serve)
@@ -52,7 +53,7 @@ def cmd_serve(args) -> int:
               "and play its songs; use a proxy with TLS in front of it", file=sys.stderr)
     settings = ServeSettings(library=Path(args.library).resolve(), model=args.model, device=args.device,
                              write_token=token, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch,
-                             max_wait_ms=args.max_wait_ms, queue_size=args.queue_size)
+                             max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, quantize=args.quantize)
     app = create_app(settings)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"alcap serve: {settings.library} with {args.model}: open http://{shown}:{args.port}/ "

@@ -155,9 +155,11 @@ def library_identity(captioner, model_dir: str | Path, sentence_model: str | Non
     generation = {k: v for k, v in dataclasses.asdict(captioner.generation).items() if k != "batch_size"}
     encoder = captioner.extractor.identity()["weights_sha256"] if captioner.extractor is not None else None
     heard = {"full_track": full_track} if full_track and captioner.uses_music else {}  # absent: the excerpt
+    held = {"quantize": captioner.quantize} if captioner.quantize != "none" else {}  # absent: float weights
     return {
         "captioning_model": {"weights_sha256": file_sha256(weights), "music_encoder_sha256": encoder,
-                             "uses_music": captioner.uses_music, "excerpt": captioner.excerpt.to_dict(), **heard},
+                             "uses_music": captioner.uses_music, "excerpt": captioner.excerpt.to_dict(), **heard,
+                             **held},
         "generation": generation,
         # The packaged default is named, not located: its path differs from one environment to the next.
         "sentence_model": {"name": sentence_model or "all-MiniLM-L6-v2 (packaged)", "path": sentence_model, "dim": dim},
@@ -167,13 +169,15 @@ def library_identity(captioner, model_dir: str | Path, sentence_model: str | Non
 def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | SourceItem], sentence_model: str | None = None,
               device: str = "auto", batch_size: int = 16, workers: int = 2, limit: int | None = None,
               shard: tuple[int, int] | None = None, index: str | None = None, splits: list[str] | None = None,
-              embeddings: str | Path | None = None, full_track: str | None = None, progress: bool = True) -> AddReport:
+              embeddings: str | Path | None = None, full_track: str | None = None, quantize: str | None = None,
+              progress: bool = True) -> AddReport:
     """Caption every new or changed song of `sources` into the library at `root` (created if
     missing), then bring its vector index up to date (`index`: auto, exact or faiss; None keeps
     the library's choice, auto for a new one). `embeddings`: an embedding store made by
     `alcap embed` with the model's music encoder and excerpt, whose h_m of a manifest's songs
     (by song_id) are used instead of decoding and encoding their audio again. `full_track`: hear
-    whole tracks (a mode of FULL_TRACK_MODES), recorded in the library's identity."""
+    whole tracks (a mode of FULL_TRACK_MODES), and `quantize` ("int8": the captioner's linear
+    layers for the CPU), both recorded in the library's identity."""
     from tqdm.auto import tqdm
 
     from ..inference import Captioner
@@ -186,7 +190,9 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
     items = items[:limit] if limit else items
     # A library records absolute paths: its songs are searched and served from anywhere.
     items = [dataclasses.replace(item, path=os.path.abspath(item.path)) for item in items]
-    captioner = Captioner.from_pretrained(model_dir, device=device)
+    if quantize not in (None, "none") and device == "auto":
+        device = "cpu"
+    captioner = Captioner.from_pretrained(model_dir, device=device, quantize=quantize)
     captioner.generation = captioner.generation.with_overrides(batch_size=batch_size, num_return_sequences=1)
     encoder = SentenceEncoder(sentence_model, device=str(captioner.device))
     dim = int(encoder.model.get_embedding_dimension())
@@ -354,11 +360,12 @@ def recaption(root: str | Path, model_dir: str | Path, sentence_model: str | Non
             os.replace(old, root)  # back to the original; the redone songs are still in `fresh`
     with Library.open(root, write=True) as library:  # held to the end: no add meanwhile
         policy = library.index_policy()
-        full_track = library.identity["captioning_model"].get("full_track")  # heard as before
+        heard = library.identity["captioning_model"]
+        full_track, quantize = heard.get("full_track"), heard.get("quantize")  # heard and held as before
         items = [SourceItem(s.path, s.id, s.lyrics, s.metadata) for s in library.songs()]
         report = add_songs(fresh, model_dir, items, sentence_model=sentence_model, device=device,
                            batch_size=batch_size, workers=workers, index=policy, full_track=full_track,
-                           progress=progress)
+                           quantize=quantize, progress=progress)
         with Library.open(fresh) as done:
             wanted = {item.song_id for item in items}
             stale = [s.id for s in done.songs() if s.id not in wanted]  # removed from LIB since an earlier run

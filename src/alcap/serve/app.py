@@ -46,6 +46,7 @@ class ServeSettings:
     max_batch: int = 8
     max_wait_ms: float = 20.0
     queue_size: int = 64
+    quantize: str = "none"  # the library's own setting (its identity says which)
 
 
 class Service:
@@ -73,7 +74,8 @@ class Service:
             from ..library.store import LibraryMismatchError, _refuse_other_identity
             from ..metrics.retrieval import SentenceEncoder
 
-            captioner = Captioner.from_pretrained(self.settings.model, device=self.settings.device)
+            device = "cpu" if self.settings.quantize != "none" and self.settings.device == "auto" else self.settings.device
+            captioner = Captioner.from_pretrained(self.settings.model, device=device, quantize=self.settings.quantize)
             self.encoder = SentenceEncoder(self.sentence_model, device=str(captioner.device))
             dim = int(self.encoder.model.get_embedding_dimension())
             self.identity = library_identity(captioner, self.settings.model, self.sentence_model, dim)
