@@ -40,6 +40,17 @@ def add_library(sub) -> None:
                    help="hear whole tracks, as `alcap caption --full-track` does (pool, the default, or concat); "
                         "fixed when the library is created")
     add_quantize_arg(p)
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this machine's processes; ray: the same stages on a Ray cluster (decoding in tasks, "
+                        "captioning in actors, a GPU each where there are GPUs; this process commits), for catalogues "
+                        "that outgrow one machine; needs pip install 'alcap[ray]' (default: local)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="with --engine ray: the cluster to join, e.g. ray://head:10001 or auto (default: $RAY_ADDRESS, "
+                        "else a new local instance)")
+    p.add_argument("--ray-actors", type=positive_int, default=1, metavar="N",
+                   help="with --engine ray: captioning actors, each loading the model once (default: 1)")
+    p.add_argument("--ray-actor-cpus", type=float, default=1.0, metavar="N",
+                   help="with --engine ray: CPUs reserved per captioning actor, also its torch threads (default: 1)")
     _index_arg(p, "--index")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -147,7 +158,8 @@ def cmd_library_add(args) -> int:
                        batch_size=args.batch_size or 16, workers=args.workers, limit=args.limit,
                        shard=parse_shard(args.shard) if args.shard else None, index=args.index,
                        splits=args.split, embeddings=args.embeddings, full_track=args.full_track,
-                       quantize=args.quantize, progress=not args.quiet)
+                       quantize=args.quantize, engine=args.engine, ray_address=args.ray_address,
+                       ray_actors=args.ray_actors, ray_actor_cpus=args.ray_actor_cpus, progress=not args.quiet)
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:

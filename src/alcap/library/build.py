@@ -88,6 +88,7 @@ def expand_sources(sources: list[str | SourceItem], splits: list[str] | None = N
     return items, notes
 
 
+ENGINES = ("local", "ray")  # who runs the stages: this machine's processes, or a Ray cluster (ray_engine.py)
 WHOLE_TRACK = "whole track"  # in place of samples: the main process streams the file
 
 
@@ -170,6 +171,7 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
               device: str = "auto", batch_size: int = 16, workers: int = 2, limit: int | None = None,
               shard: tuple[int, int] | None = None, index: str | None = None, splits: list[str] | None = None,
               embeddings: str | Path | None = None, full_track: str | None = None, quantize: str | None = None,
+              engine: str = "local", ray_address: str | None = None, ray_actors: int = 1, ray_actor_cpus: float = 1.0,
               progress: bool = True) -> AddReport:
     """Caption every new or changed song of `sources` into the library at `root` (created if
     missing), then bring its vector index up to date (`index`: auto, exact or faiss; None keeps
@@ -177,11 +179,17 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
     `alcap embed` with the model's music encoder and excerpt, whose h_m of a manifest's songs
     (by song_id) are used instead of decoding and encoding their audio again. `full_track`: hear
     whole tracks (a mode of FULL_TRACK_MODES), and `quantize` ("int8": the captioner's linear
-    layers for the CPU), both recorded in the library's identity."""
+    layers for the CPU), both recorded in the library's identity. `engine` "ray" runs the
+    stages on a Ray cluster (ray_engine.py: `ray_address`, else $RAY_ADDRESS, else a local
+    instance; `ray_actors` captioners of `ray_actor_cpus` CPUs each, or a GPU each where the
+    cluster has GPUs); this process still commits, so either engine resumes the other's job."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     from tqdm.auto import tqdm
 
     from ..inference import Captioner
     from ..metrics.retrieval import SentenceEncoder
+    from ..model.captioner import model_directory
 
     items, notes = expand_sources(sources, splits)
     if shard is not None:
@@ -192,7 +200,8 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
     items = [dataclasses.replace(item, path=os.path.abspath(item.path)) for item in items]
     if quantize not in (None, "none") and device == "auto":
         device = "cpu"
-    captioner = Captioner.from_pretrained(model_dir, device=device, quantize=quantize)
+    # With Ray the actors caption; this process only needs the model's identity, on the CPU.
+    captioner = Captioner.from_pretrained(model_dir, device="cpu" if engine == "ray" else device, quantize=quantize)
     captioner.generation = captioner.generation.with_overrides(batch_size=batch_size, num_return_sequences=1)
     encoder = SentenceEncoder(sentence_model, device=str(captioner.device))
     dim = int(encoder.model.get_embedding_dimension())
@@ -205,14 +214,28 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
         for item in items if item.song_id is not None and item.song_id in store}
     report = AddReport(library=str(root), sources=len(items), notes=notes)
     started = time.perf_counter()
+    ray_started = False
+    if engine == "ray":
+        from .ray_engine import connect
+
+        ray_started = connect(ray_address)
     with Library.open(root, identity, write=True) as library:
         library._encoder = encoder
         known, by_path = library.known(), library.paths()
         failed_before = {f["path"] for f in library.failures()}
         bar = tqdm(total=len(items), desc="library add", unit="song", disable=not progress, dynamic_ncols=True)
+        if engine == "ray":
+            from .ray_engine import ray_caption_stream
+
+            songs = song_reader(captioner, items, known, precomputed, full_track=full_track)
+            stream = ray_caption_stream(items, songs, str(model_directory(model_dir)), device, quantize,
+                                        captioner.generation.batch_size, str(embeddings) if embeddings else None,
+                                        full_track, ray_actors, ray_actor_cpus)
+        else:
+            stream = caption_stream(captioner, items, workers=workers, known=known, precomputed=precomputed,
+                                    store=store, full_track=full_track)
         try:
-            for batch in caption_stream(captioner, items, workers=workers, known=known, precomputed=precomputed,
-                                        store=store, full_track=full_track):
+            for batch in stream:
                 for song in batch:
                     if song.error is not None:
                         library.add_failure(song.item.path, song.error, song.song_id)
@@ -228,6 +251,10 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
         finally:
             bar.close()
             report.seconds = round(time.perf_counter() - started, 3)
+            if ray_started:
+                import ray
+
+                ray.shutdown()
     return report
 
 
@@ -272,11 +299,7 @@ def caption_stream(captioner, items: list[SourceItem], workers: int = 2, known: 
     trained excerpt."""
     from torch.utils.data import DataLoader
 
-    whole = full_track is not None and captioner.uses_music
-    if whole and precomputed:
-        raise ValueError("whole tracks cannot come from an embedding store, which holds one excerpt per song")
-    rate = captioner.extractor.sample_rate if captioner.extractor is not None else 16000
-    songs = _Songs(items, known or {}, rate, captioner.excerpt, precomputed, hash_files, whole_tracks=whole)
+    songs = song_reader(captioner, items, known or {}, precomputed, hash_files, full_track)
     loader = DataLoader(songs, batch_size=captioner.generation.batch_size, shuffle=False, num_workers=workers,
                         collate_fn=list, worker_init_fn=_decoding_worker if workers else None)
     seen: set[str] = set()  # ids captioned or queued in this run (a file listed twice)
@@ -296,6 +319,16 @@ def caption_stream(captioner, items: list[SourceItem], workers: int = 2, known: 
             results.append(song)
         _generate(captioner, good, store, full_track)
         yield results
+
+
+def song_reader(captioner, items: list[SourceItem], known: dict[str, str], precomputed: dict[str, float] | None,
+                hash_files: bool = True, full_track: str | None = None) -> _Songs:
+    """The decoding stage of either engine, for `captioner`'s music encoder and excerpt."""
+    whole = full_track is not None and captioner.uses_music
+    if whole and precomputed:
+        raise ValueError("whole tracks cannot come from an embedding store, which holds one excerpt per song")
+    rate = captioner.extractor.sample_rate if captioner.extractor is not None else 16000
+    return _Songs(items, known, rate, captioner.excerpt, precomputed, hash_files, whole_tracks=whole)
 
 
 def _generate(captioner, good: list[tuple[Captioned, np.ndarray | str | None]], store, full_track=None) -> None:
