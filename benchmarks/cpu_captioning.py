@@ -38,7 +38,7 @@ SETTINGS = [("float32 4-beam", "none", 4), ("int8 4-beam", "int8", 4), ("float32
 def speed(args) -> dict[str, list[float]]:
     """songs/s of each setting, one value per repeat."""
     preset = args.preset or ("small" if args.quick else "bart-base")
-    songs, tokens = (16, 24) if args.quick else (args.songs, args.tokens)
+    songs, tokens = args.songs or (16 if args.quick else 32), args.tokens or (24 if args.quick else 64)
     rng = np.random.default_rng(0)
     rows = [row(i, rng, vocabulary(), int(rng.integers(240, 400)), 20) for i in range(songs)]
     lyrics, music = [r["lyrics"] for r in rows], [r["music"] for r in rows]
@@ -83,8 +83,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small model, 16 songs, 24 tokens")
     parser.add_argument("--preset", default=None, help="backbone preset (default: small with --quick, else bart-base)")
-    parser.add_argument("--songs", type=int, default=32, help="songs per timed call (default: 32)")
-    parser.add_argument("--tokens", type=int, default=64, help="caption length in tokens (default: 64)")
+    parser.add_argument("--songs", type=int, default=None, help="songs per timed call (default: 16 quick, 32 full)")
+    parser.add_argument("--tokens", type=int, default=None, help="caption length in tokens (default: 24 quick, 64 full)")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per setting, alternating order (default: 2)")
     parser.add_argument("--model", metavar="DIR", help="trained model directory whose test split scores each setting")
     add_bart_vocab_arg(parser)
@@ -106,7 +106,7 @@ def main() -> None:
                      f"({delta['rougeL_f1']:+.2f}), METEOR {q['meteor']:.2f} ({delta['meteor']:+.2f}), "
                      f"{q['same_caption']} captions unchanged")
             extra = {"quality": q, "quality_baseline": b, "quality_change": delta}
-        report(f"cpu_captioning[{name}]", ours, base, "songs/s", line, setting=name, quantize=quantize, num_beams=beams,
+        report("cpu_captioning", ours, base, "songs/s", line, setting=name, quantize=quantize, num_beams=beams,
                detail=args.detail, repeats=[round(r, 3) for r in rates[name]],
                baseline_repeats=[round(r, 3) for r in rates[base_name]], **extra)
 

@@ -20,6 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
                         "--song-counts", "1", "2"]),
     ("search_latency.py", ["--quick"]),
     ("library_add.py", ["--quick"]),
+    ("cpu_captioning.py", ["--quick", "--preset", "tiny", "--songs", "3", "--tokens", "4", "--repeats", "1"]),
 ])
 def test_benchmark_prints_a_ratio_line(script, args):
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600)
@@ -35,6 +36,9 @@ def test_benchmark_prints_a_ratio_line(script, args):
         assert all(0 < s["faiss_recall@10"] <= 1 and s["exact_p50_ms"] > 0 for s in result["sizes"])
     if script == "library_add.py":
         assert set(result["rss"]) == {"6", "12"} and all(r["added"] == int(n) for n, r in result["rss"].items())
+    if script == "cpu_captioning.py":  # one line per setting against float32 4-beam
+        settings = [json.loads(line)["setting"] for line in lines if line.startswith("{")]
+        assert settings == ["int8 4-beam", "float32 2-beam", "int8 2-beam", "float32 greedy", "int8 greedy"]
     if script == "cost_growth.py":  # the README's tables: one row per measured point
         assert "| 512 |" in done.stdout and "| 2 |" in done.stdout and set(result["embed_seconds_by_songs"]) == {"1", "2"}
 

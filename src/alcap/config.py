@@ -31,6 +31,10 @@ class DataConfig:
     max_lyrics_tokens: int = setting(512, "lyrics longer than this are truncated (BART's limit is 1024)")
     max_caption_tokens: int = setting(512, "captions longer than this are truncated")
     num_workers: int = setting(0, "DataLoader worker processes (0: batches are made in the main process)")
+    pad_to_multiple_of: int | None = setting(
+        None, "pad each batch's lyrics and captions up to a multiple of this many tokens (e.g. 64), so a "
+        "compiled step (train.compile) meets a few shapes and reuses their graphs; padding carries no "
+        "label, so the loss is unchanged; null: to the batch's longest")
     length_grouping: bool = setting(
         True, "batch rows of similar length together (shuffled groups of batches), so dynamic padding "
         "wastes little; false: plain random batches, as the original")
@@ -140,6 +144,8 @@ class TrainConfig:
         "stop", "a step whose loss is NaN or infinite: stop the run with an error (bad data or a diverged "
         "model must not become an exported model), or skip the batch (logged as train/skipped_steps)")
     max_skipped_steps: int = setting(10, "with nonfinite_loss skip: stop after this many skipped steps")
+    fused_optimizer: bool = setting(True, "AdamW as one fused kernel per step (torch's fused=True) instead of "
+                                          "per-tensor updates; false: torch's default implementation")
     compile: bool = setting(
         False, "torch.compile the model (through Accelerate) with dynamic shapes, so dynamic padding does "
         "not recompile every batch; pays off on a GPU over long runs, the first steps are slow")

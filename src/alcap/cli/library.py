@@ -28,7 +28,7 @@ def add_library(sub) -> None:
                         "fixed when the library is created")
     add_device_arg(p)
     p.add_argument("--batch-size", type=positive_int, metavar="N", help="songs per batch and per commit (default: 16)")
-    p.add_argument("--workers", type=int, default=2, metavar="N", help="decoding worker processes; 0 decodes in the main process (default: 2)")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="decoding worker processes; 0 decodes in the main process; with --engine ray, the most decoding tasks at once (default: 2)")
     p.add_argument("--limit", type=positive_int, metavar="N", help="add at most N of the sources' songs")
     p.add_argument("--shard", metavar="K/N", help="only shard K of N (0-based) of the sources' files, for one machine of N")
     p.add_argument("--split", nargs="+", metavar="NAME", help="only manifest rows of these splits (e.g. val test)")

@@ -58,12 +58,15 @@ class CaptionCollator:
     tokenizer: object
     max_lyrics_tokens: int = 512
     max_caption_tokens: int = 512
+    pad_to_multiple_of: int | None = None  # length buckets, for compiled steps (data.pad_to_multiple_of)
 
     def __call__(self, items: list[dict]) -> dict:
         lyrics = self.tokenizer([it["lyrics"] for it in items], padding=True, truncation=True,
-                                max_length=self.max_lyrics_tokens, return_tensors="pt")
+                                max_length=self.max_lyrics_tokens, pad_to_multiple_of=self.pad_to_multiple_of,
+                                return_tensors="pt")
         captions = self.tokenizer([it["caption"] for it in items], padding=True, truncation=True,
-                                  max_length=self.max_caption_tokens, return_tensors="pt")
+                                  max_length=self.max_caption_tokens, pad_to_multiple_of=self.pad_to_multiple_of,
+                                  return_tensors="pt")
         labels = captions["input_ids"].masked_fill(captions["attention_mask"] == 0, -100)
         batch = {"input_ids": lyrics["input_ids"], "attention_mask": lyrics["attention_mask"], "labels": labels,
                  "song_ids": torch.tensor([it["song_index"] for it in items])}

@@ -230,7 +230,7 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
             songs = song_reader(captioner, items, known, precomputed, full_track=full_track)
             stream = ray_caption_stream(items, songs, str(model_directory(model_dir)), device, quantize,
                                         captioner.generation.batch_size, str(embeddings) if embeddings else None,
-                                        full_track, ray_actors, ray_actor_cpus)
+                                        full_track, ray_actors, ray_actor_cpus, decoders=workers)
         else:
             stream = caption_stream(captioner, items, workers=workers, known=known, precomputed=precomputed,
                                     store=store, full_track=full_track)

@@ -42,6 +42,9 @@ def connect(address: str | None) -> bool:
     """Join the cluster at `address` (else $RAY_ADDRESS, else an already started instance,
     else a new local one); True when this call started Ray (and should shut it down)."""
     ray = import_ray()
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plan and timing lines; the job has its own bar
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -113,9 +116,11 @@ class _Caption:
 
 def ray_caption_stream(items: list[SourceItem], songs: _Songs, model_dir: str, device: str, quantize: str | None,
                        batch_size: int, store: str | None, full_track: str | None, actors: int = 1,
-                       actor_cpus: float = 1.0) -> Iterator[list[Captioned]]:
+                       actor_cpus: float = 1.0, decoders: int = 2) -> Iterator[list[Captioned]]:
     """`caption_stream`'s batches of Captioned items, made on the Ray cluster (the caller commits
-    them). A song met twice is captioned once per actor that meets it, and committed once."""
+    them). At most `decoders` decoding tasks run at once: each task's worker process imports
+    the decoding code once, and more of them than the actors can use only compete with them
+    for the CPUs. A song met twice is captioned once per actor that meets it, and committed once."""
     ray = import_ray()
     gpus = ray.cluster_resources().get("GPU", 0) if device in ("auto", "cuda") or device.startswith("cuda") else 0
     if device.startswith("cuda") and not gpus:
@@ -129,8 +134,9 @@ def ray_caption_stream(items: list[SourceItem], songs: _Songs, model_dir: str, d
     ctx.execution_options.preserve_order = False
     rows = ray.data.from_items([{"i": i} for i in range(len(items))],
                                override_num_blocks=max(1, min(len(items) // batch_size + 1, 64)))
-    captioned = rows.map(_Decode(songs), num_cpus=DECODE_CPUS).map_batches(
-        _Caption, batch_size=batch_size, concurrency=actors, batch_format="numpy",
+    decode = ray.data.TaskPoolStrategy(size=max(1, decoders))
+    captioned = rows.map(_Decode(songs), compute=decode, num_cpus=DECODE_CPUS).map_batches(
+        _Caption, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), batch_format="numpy",
         num_gpus=1 if gpus else 0, num_cpus=actor_cpus,
         fn_constructor_kwargs={"model_dir": str(model_dir), "device": "cuda" if gpus else "cpu", "quantize": quantize,
                                "batch_size": batch_size, "store": store, "full_track": full_track,

@@ -88,7 +88,9 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
         # The original's settings: fixed LR, no relative step, no warm-up init, no weight decay.
         return Adafactor(groups, lr=cfg.lr, relative_step=False, warmup_init=False, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: one kernel for the whole update instead of a few per parameter tensor (torch's own;
+        # CPU and CUDA), the same update to rounding (tests/train/test_optimizer_fused).
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cfg.fused_optimizer)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adafactor or adamw")
 
 
@@ -195,7 +197,8 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     if use_music and config.model.alcap.music_standardize:
         model.set_music_statistics(*music_statistics(store, {r.song_id for r in train_set.rows}))
 
-    collate = CaptionCollator(tokenizer, config.data.max_lyrics_tokens, config.data.max_caption_tokens)
+    collate = CaptionCollator(tokenizer, config.data.max_lyrics_tokens, config.data.max_caption_tokens,
+                              config.data.pad_to_multiple_of)
     # Loaders get generators of their own: starting an iterator must not draw from the global
     # RNG, or a resumed run would see other dropout masks than an uninterrupted one.
     if config.data.length_grouping:
@@ -259,12 +262,14 @@ def train(config: RunConfig, progress: bool = True) -> dict:
                 optimizer.zero_grad()
             state.batches_done += 1
             bar.update(1)
+            # Kept as tensors on the device until the log line: a float() per loss and step would
+            # make the host wait for the GPU at every step.
             for key in LOSS_KEYS:
                 value = getattr(output, key)
                 if value is not None:
-                    window.setdefault(key, []).append(float(value.detach()))
+                    window.setdefault(key, []).append(value.detach())
             if output.info_nce_bound is not None:  # mean log K - L over the global contrastive batch
-                window.setdefault("info_nce_bound", []).append(float(output.info_nce_bound))
+                window.setdefault("info_nce_bound", []).append(torch.as_tensor(output.info_nce_bound).detach())
             if accelerator.sync_gradients:
                 state.global_step += 1
                 if state.global_step % tc.log_every_steps == 0:
@@ -343,8 +348,8 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def _log_train(log: RunLog, window: dict, state: TrainerState, scheduler, bar) -> None:
     record = {"epoch": state.epoch, "step": state.global_step, "lr": scheduler.get_last_lr()[0]}
-    for key, values in window.items():
-        record[f"train/{key}"] = sum(values) / len(values)
+    for key, values in window.items():  # one transfer per key and log line
+        record[f"train/{key}"] = float(torch.stack([v.float().reshape(()) for v in values]).mean())
     window.clear()
     log.write(record)
     bar.set_postfix(loss=f"{record.get('train/loss', float('nan')):.3f}")
