@@ -20,6 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
                         "--song-counts", "1", "2"]),
     ("search_latency.py", ["--quick"]),
     ("library_add.py", ["--quick"]),
+    ("train_loop.py", ["--quick", "--repeats", "1"]),
     ("cpu_captioning.py", ["--quick", "--preset", "tiny", "--songs", "3", "--tokens", "4", "--repeats", "1"]),
 ])
 def test_benchmark_prints_a_ratio_line(script, args):
