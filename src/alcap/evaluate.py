@@ -30,8 +30,7 @@ def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | N
     captioner's linear layers for the CPU.
     """
     model_dir = Path(model_dir)
-    captioner = Captioner.from_pretrained(model_dir, device="cpu" if quantize not in (None, "none") else "auto",
-                                          quantize=quantize)
+    captioner = Captioner.from_pretrained(model_dir, quantize=quantize)
     run = captioner.run
     captioner.generation = captioner.generation.with_overrides(
         num_beams=num_beams, max_new_tokens=max_new_tokens, mixed_precision=mixed_precision, batch_size=batch_size)

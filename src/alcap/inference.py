@@ -218,6 +218,8 @@ class Captioner:
 
         directory = model_directory(directory)
         run = load_run_config(directory)
+        if quantize not in (None, "none") and device == "auto":
+            device = "cpu"  # int8 kernels are the CPU's; "auto" must not pick a GPU for them
         device = resolve_device(device)
         model = AlcapModel.from_pretrained(directory, device=device)
         extractor, excerpt = None, Excerpt()

@@ -85,8 +85,7 @@ def cmd_caption(args) -> int:
     if given is not None:
         pending = [dataclasses.replace(item, lyrics=given) for item in pending]
 
-    device = "cpu" if args.quantize == "int8" and args.device == "auto" else args.device
-    captioner = Captioner.from_pretrained(args.model, device=device, quantize=args.quantize)
+    captioner = Captioner.from_pretrained(args.model, device=args.device, quantize=args.quantize)
     captioner.generation = captioner.generation.with_overrides(
         mixed_precision=args.mixed_precision, batch_size=args.batch_size, num_beams=args.num_beams,
         max_new_tokens=args.max_new_tokens, do_sample=True if args.sample else None, top_p=args.top_p,

@@ -198,8 +198,6 @@ def add_songs(root: str | Path, model_dir: str | Path, sources: list[str | Sourc
     items = items[:limit] if limit else items
     # A library records absolute paths: its songs are searched and served from anywhere.
     items = [dataclasses.replace(item, path=os.path.abspath(item.path)) for item in items]
-    if quantize not in (None, "none") and device == "auto":
-        device = "cpu"
     # With Ray the actors caption; this process only needs the model's identity, on the CPU.
     captioner = Captioner.from_pretrained(model_dir, device="cpu" if engine == "ray" else device, quantize=quantize)
     captioner.generation = captioner.generation.with_overrides(batch_size=batch_size, num_return_sequences=1)

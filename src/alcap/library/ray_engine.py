@@ -122,7 +122,8 @@ def ray_caption_stream(items: list[SourceItem], songs: _Songs, model_dir: str, d
     the decoding code once, and more of them than the actors can use only compete with them
     for the CPUs. A song met twice is captioned once per actor that meets it, and committed once."""
     ray = import_ray()
-    gpus = ray.cluster_resources().get("GPU", 0) if device in ("auto", "cuda") or device.startswith("cuda") else 0
+    on_gpu = (device == "auto" or device.startswith("cuda")) and quantize in (None, "none")  # int8 is CPU-only
+    gpus = ray.cluster_resources().get("GPU", 0) if on_gpu else 0
     if device.startswith("cuda") and not gpus:
         raise ValueError(f"--device {device}: the Ray cluster has no GPUs")
     cpus = ray.cluster_resources().get("CPU", 0)

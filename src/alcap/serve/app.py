@@ -74,8 +74,8 @@ class Service:
             from ..library.store import LibraryMismatchError, _refuse_other_identity
             from ..metrics.retrieval import SentenceEncoder
 
-            device = "cpu" if self.settings.quantize != "none" and self.settings.device == "auto" else self.settings.device
-            captioner = Captioner.from_pretrained(self.settings.model, device=device, quantize=self.settings.quantize)
+            captioner = Captioner.from_pretrained(self.settings.model, device=self.settings.device,
+                                                  quantize=self.settings.quantize)
             self.encoder = SentenceEncoder(self.sentence_model, device=str(captioner.device))
             dim = int(self.encoder.model.get_embedding_dimension())
             self.identity = library_identity(captioner, self.settings.model, self.sentence_model, dim)
