@@ -29,31 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
-from training import build_model, row, run_steps, vocabulary  # noqa: E402
+from training import build_model, row, run_steps, vocabulary, write_data  # noqa: E402
 
 from alcap.data.dataset import CaptionCollator  # noqa: E402
-
-
-def write_data(root: Path, rows: list[dict]) -> tuple[Path, Path]:
-    """The rows as a manifest and an embedding store, as `alcap train` reads them (the store
-    says a random-init CNNSA made it, so the exported models carry an encoder)."""
-    from alcap.audio.decode import Excerpt
-    from alcap.audio.extractor import CNNSAExtractor
-    from alcap.data.store import EmbeddingWriter, StoreEntry, store_meta
-
-    manifest = root / "manifest.jsonl"
-    with open(manifest, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps({"song_id": r["song_id"], "audio": f"{r['song_id']}.wav", "lyrics": r["lyrics"],
-                                "caption": r["caption"], "split": "train"}) + "\n")
-    extractor = CNNSAExtractor.random_init(0, device="cpu")
-    meta = store_meta(extractor.identity(), extractor.sample_rate, Excerpt().to_dict(), extractor.dim,
-                      info={"extractor": extractor.describe()})
-    songs = {r["song_id"]: r["music"][:, :extractor.dim] for r in rows}
-    with EmbeddingWriter.open(root / "store", meta) as writer:
-        writer.add_batch([(StoreEntry(id=s, offset=0, length=0, duration=15.0, audio=f"{s}.wav"), m)
-                          for s, m in songs.items()])
-    return manifest, root / "store"
 
 
 def loop_seconds(root: Path, manifest: Path, store: Path, preset: str, fusion_layers: list[int], batch_size: int,

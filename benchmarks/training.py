@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -145,3 +147,25 @@ def real_tokens(batch: dict) -> int:
 
 def padded_tokens(batch: dict) -> int:
     return batch["input_ids"].numel() + batch["labels"].numel()
+
+
+def write_data(root: Path, rows: list[dict]) -> tuple[Path, Path]:
+    """The rows as a manifest and an embedding store, as `alcap train` reads them (the store
+    says a random-init CNNSA made it, so the exported models carry an encoder)."""
+    from alcap.audio.decode import Excerpt
+    from alcap.audio.extractor import CNNSAExtractor
+    from alcap.data.store import EmbeddingWriter, StoreEntry, store_meta
+
+    manifest = root / "manifest.jsonl"
+    with open(manifest, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps({"song_id": r["song_id"], "audio": f"{r['song_id']}.wav", "lyrics": r["lyrics"],
+                                "caption": r["caption"], "split": "train"}) + "\n")
+    extractor = CNNSAExtractor.random_init(0, device="cpu")
+    meta = store_meta(extractor.identity(), extractor.sample_rate, Excerpt().to_dict(), extractor.dim,
+                      info={"extractor": extractor.describe()})
+    songs = {r["song_id"]: r["music"][:, :extractor.dim] for r in rows}
+    with EmbeddingWriter.open(root / "store", meta) as writer:
+        writer.add_batch([(StoreEntry(id=s, offset=0, length=0, duration=15.0, audio=f"{s}.wav"), m)
+                          for s, m in songs.items()])
+    return manifest, root / "store"

@@ -1,6 +1,7 @@
 """Every benchmark ends with one JSON line holding name, ours, baseline, unit and ratio."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,19 @@ def test_benchmark_prints_a_ratio_line(script, args):
         assert settings == ["int8 4-beam", "float32 2-beam", "int8 2-beam", "float32 greedy", "int8 greedy"]
     if script == "cost_growth.py":  # the README's tables: one row per measured point
         assert "| 512 |" in done.stdout and "| 2 |" in done.stdout and set(result["embed_seconds_by_songs"]) == {"1", "2"}
+
+
+def test_the_original_code_benchmark_skips_without_the_original_and_refuses_another_folder(tmp_path):
+    script = [sys.executable, str(BENCHMARKS / "original_training.py")]
+    env = {k: v for k, v in os.environ.items() if k != "ALCAP_ORIGINAL"}
+    skipped = subprocess.run(script, capture_output=True, text=True, timeout=120, env=env)
+    assert skipped.returncode == 0 and skipped.stdout.startswith("skipped: no original ALCAP checkout given")
+    assert "git clone https://github.com/zihaohe123/ALCAP" in skipped.stdout
+    (tmp_path / "models").mkdir()
+    (tmp_path / "trainer.py").write_text("")
+    refused = subprocess.run([*script, "--original", str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"{tmp_path} is not a checkout of the original ALCAP repository (no models/model.py, " in refused.stderr
 
 
 def test_report_keeps_small_ratios_precise(capsys):

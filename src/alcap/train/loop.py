@@ -273,7 +273,7 @@ def train(config: RunConfig, progress: bool = True) -> dict:
             if accelerator.sync_gradients:
                 state.global_step += 1
                 if state.global_step % tc.log_every_steps == 0:
-                    _log_train(log, window, state, scheduler, bar)
+                    _log_train(log, window, state, scheduler, bar, started)
                 if tc.save_every_steps and state.global_step % tc.save_every_steps == 0:
                     _save_state(accelerator, out, state, tc.keep_last_states)
                 if tc.max_steps and state.global_step >= tc.max_steps:
@@ -292,7 +292,7 @@ def train(config: RunConfig, progress: bool = True) -> dict:
         _save_state(accelerator, out, state, tc.keep_last_states)
     bar.close()
     if window:  # steps since the last log line
-        _log_train(log, window, state, scheduler, bar)
+        _log_train(log, window, state, scheduler, bar, started)
     _export(accelerator, model, tokenizer, config, out / "last", store, encoder)
     if state.best_value is None:  # no validation rows: the last model is the best we know
         _export(accelerator, model, tokenizer, config, out / "best", store, encoder)
@@ -346,8 +346,11 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _log_train(log: RunLog, window: dict, state: TrainerState, scheduler, bar) -> None:
-    record = {"epoch": state.epoch, "step": state.global_step, "lr": scheduler.get_last_lr()[0]}
+def _log_train(log: RunLog, window: dict, state: TrainerState, scheduler, bar, started: float) -> None:
+    # seconds: since this process started training (a resumed run starts again from 0), for
+    # throughput from the log alone.
+    record = {"epoch": state.epoch, "step": state.global_step, "lr": scheduler.get_last_lr()[0],
+              "seconds": round(time.perf_counter() - started, 3)}
     for key, values in window.items():  # one transfer per key and log line
         record[f"train/{key}"] = float(torch.stack([v.float().reshape(()) for v in values]).mean())
     window.clear()
