@@ -7,7 +7,9 @@ manifest and embedding store on disk, its DataLoader, collator and logging), on 
 synthetic SI-like rows, with the same batch size, `bart-base` dimensions and BART's 50,265-token
 vocabulary, and the paper's settings on both sides (fusion after encoder layers 4 and 5,
 alpha 0.02, Adafactor at 5e-5). Each side trains one epoch over all rows per run, the sides
-alternate, and each is timed from its first step to the end of its last:
+alternate, and each is timed from its first step to the end of its last. The rows are those of
+a stratified sample (short to long) of alcap's batches over an epoch of a 60-batch pool of
+SI-like rows, so that a few steps stand for a whole epoch, as in `train_throughput.py`:
 
 - the original as its code does it: lyrics and captions padded to the longest of the data set
   (512 tokens for SI), random batches, HF's loss over every caption position;
@@ -43,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
-from training import BART_VOCAB, MAX_TOKENS, synthetic_rows, write_data  # noqa: E402
+from training import BART_VOCAB, MAX_TOKENS, stratified_batches, synthetic_rows, write_data  # noqa: E402
 
 WORKER = Path(__file__).with_name("original_worker.py")
 ALPHA = 0.02  # the paper's; both sides
@@ -69,12 +71,13 @@ def not_a_checkout(path: Path) -> str | None:
 
 
 def original_batches(rows: list[dict], tokenizer, batch_size: int, seed: int) -> list[dict]:
-    """The batches the original's data loader yields: every text tokenised with the data set's
-    longest as the padding length (its `padding=True` over all rows, truncated at 512), random
-    order, music embeddings as float32 (119, 256) arrays, song ids as strings."""
-    lyrics = tokenizer([r["lyrics"] for r in rows], padding=True, truncation=True, max_length=MAX_TOKENS,
+    """The batches the original's data loader yields: every text padded to the data set's
+    longest (its `padding=True` over the whole set, truncated at 512 tokens: 512 for SI's lyrics
+    and interpretations alike), random order, music embeddings as float32 (119, 256) arrays,
+    song ids as strings."""
+    lyrics = tokenizer([r["lyrics"] for r in rows], padding="max_length", truncation=True, max_length=MAX_TOKENS,
                        return_tensors="pt")
-    captions = tokenizer([r["caption"] for r in rows], padding=True, truncation=True, max_length=MAX_TOKENS,
+    captions = tokenizer([r["caption"] for r in rows], padding="max_length", truncation=True, max_length=MAX_TOKENS,
                          return_tensors="pt")
     order = np.random.default_rng(seed).permutation(len(rows))
     batches = []
@@ -160,8 +163,12 @@ def main() -> None:
 
     from alcap.model.backbone import train_bpe_tokenizer
 
-    rows = synthetic_rows(args.batch_size * args.steps)
-    tokenizer = train_bpe_tokenizer([t for r in rows for t in (r["lyrics"], r["caption"])], vocab_size=1000)
+    # A few steps stand for an epoch of SI: the rows of a stratified sample (short to long) of
+    # alcap's batches over a 60-batch pool; alcap's loop groups them again, the original draws
+    # them at random.
+    pool = synthetic_rows(args.batch_size * 60)
+    tokenizer = train_bpe_tokenizer([t for r in pool[:200] for t in (r["lyrics"], r["caption"])], vocab_size=1000)
+    rows = [pool[i] for b in stratified_batches(pool, tokenizer, args.batch_size, args.steps) for i in b]
     rates: dict[str, list[float]] = {"alcap": [], "original": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -87,11 +87,16 @@ def ours_batches(rows: list[dict], tokenizer, batch_size: int, steps: int) -> li
     length, so the `steps` batches are a stratified sample: those at the quantiles
     (i + 0.5) / steps of the epoch's batches ordered by padded size."""
     collate = CaptionCollator(tokenizer, MAX_TOKENS, MAX_TOKENS)
+    return [collate([rows[i] for i in b]) for b in stratified_batches(rows, tokenizer, batch_size, steps)]
+
+
+def stratified_batches(rows: list[dict], tokenizer, batch_size: int, steps: int) -> list[np.ndarray]:
+    """Row indices of `steps` of alcap's length-grouped batches of an epoch over `rows`: those at
+    the quantiles (i + 0.5) / steps of the epoch's full batches ordered by padded size."""
     lengths = token_lengths(rows, tokenizer)
     batches = [b for b in LengthGroupedSampler(lengths, batch_size, seed=0).batches() if len(b) == batch_size]
     by_size = sorted(batches, key=lambda b: lengths[b].max(axis=0).sum())
-    picked = [by_size[int((i + 0.5) / steps * len(by_size))] for i in range(steps)]
-    return [collate([rows[i] for i in b]) for b in picked]
+    return [by_size[int((i + 0.5) / steps * len(by_size))] for i in range(steps)]
 
 
 def token_lengths(rows: list[dict], tokenizer) -> np.ndarray:
