@@ -122,6 +122,37 @@ def png_size(path):
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
+def test_attention_maps_skip_instrumentals_and_refuse_one_named(experiment, tmp_path):
+    """An instrumental has no lyric tokens, so no attention map: `--songs N` takes the first N
+    songs with lyrics (the demo's test split starts with one; its figure crashed on it)."""
+    import shutil
+
+    import yaml
+
+    path, _ = experiment
+    model = tmp_path / "alcap"
+    shutil.copytree(path.parent / "exp" / "alcap" / "seed-1" / "best", model)
+    run = yaml.safe_load((model / "run_config.yaml").read_text())
+    rows = [json.loads(line) for line in Path(run["data"]["manifest"]).read_text().splitlines()]
+    first_test = next(r["song_id"] for r in rows if r.get("split") == "test")
+    for r in rows:
+        if r["song_id"] == first_test:
+            r["lyrics"] = ""
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run["data"]["manifest"] = str(manifest)
+    (model / "run_config.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
+
+    assert main(["attention", str(model), "--songs", "2", "--out", str(tmp_path / "attention.png")]) == 0
+    from alcap.figures import inspect_model
+
+    shown = inspect_model(model, songs=2, with_lyrics=True)
+    with_lyrics = list(dict.fromkeys(r["song_id"] for r in rows if r.get("split") == "test" and r["lyrics"]))
+    assert shown.song_ids == with_lyrics[:2] and first_test not in shown.song_ids and all(map(len, shown.tokens))
+    with pytest.raises(ValueError, match=f"song\\(s\\) {first_test} have no lyrics"):
+        inspect_model(model, song_ids=[first_test], with_lyrics=True)
+
+
 def test_alpha_sweep_writes_csv_and_figures(tiny_corpus, tmp_path, capsys):
     path = write_experiment(tiny_corpus, tmp_path)
     assert main(["sweep", str(path), "--alpha", "0", "0.02", "2", "--seeds", "3", "--quiet"]) == 0

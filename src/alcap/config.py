@@ -74,6 +74,13 @@ class GenerationConfig:
     batch_size: int = setting(16, "songs captioned together")
     mixed_precision: Literal["no", "bf16", "fp16"] = setting(
         "no", "autocast of decoding on a GPU: no, bf16 or fp16 (ignored on the CPU, where it is slower)")
+    compile: bool = setting(
+        False, "decode with a static KV cache and a torch.compile'd decoding step (CUDA graphs on a GPU); lyrics "
+        "are padded to multiples of 64 tokens so each batch size and lyrics bucket compiles once (the first "
+        "batch of each pays it); for long captioning jobs on a GPU")
+    compile_backend: str = setting("inductor", "the torch.compile backend of generation.compile")
+    compile_mode: str | None = setting(None, "torch.compile mode of generation.compile: null, or reduce-overhead "
+                                             "(CUDA graphs) or max-autotune")
 
     def check(self) -> None:
         if self.num_return_sequences < 1 or (not self.do_sample and self.num_return_sequences > self.num_beams):
@@ -103,6 +110,8 @@ class GenerationConfig:
             out["min_new_tokens"] = self.min_new_tokens
         if self.no_repeat_ngram_size:
             out["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        if self.compile:
+            out.update(compile_backend=self.compile_backend, compile_mode=self.compile_mode)
         return out
 
 

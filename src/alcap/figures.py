@@ -42,8 +42,10 @@ def model_name(model_dir: Path) -> str:
 
 @torch.no_grad()
 def inspect_model(model_dir: str | Path, split: str = "test", songs: int | None = None, song_ids: list[str] | None = None,
-                  layer: int = -1, batch_size: int = 32) -> Inspected:
-    """Run the encoder of a music model over a split's songs from its embedding store."""
+                  layer: int = -1, batch_size: int = 32, with_lyrics: bool = False) -> Inspected:
+    """Run the encoder of a music model over a split's songs from its embedding store.
+    `with_lyrics`: only songs that have lyrics (attention maps have a row per lyric token, so
+    an instrumental has none); a song named in `song_ids` without lyrics is refused."""
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -62,6 +64,14 @@ def inspect_model(model_dir: str | Path, split: str = "test", songs: int | None 
         if missing:
             raise ValueError(f"song(s) {', '.join(missing)} not in split {split!r} of {run.data.manifest}")
         items = [(s, lyrics_of[s]) for s in song_ids]
+        instrumentals = [s for s, lyrics in items if with_lyrics and not lyrics.strip()]
+        if instrumentals:
+            raise ValueError(f"song(s) {', '.join(instrumentals)} have no lyrics, so no attention map (one row per "
+                             "lyric token); pick songs with lyrics")
+    elif with_lyrics:
+        items = [(s, lyrics) for s, lyrics in items if lyrics.strip()]
+        if not items:
+            raise ValueError(f"no song of split {split!r} of {run.data.manifest} has lyrics: attention maps need them")
     items = items[:songs]
     store.require([s for s, _ in items], f"songs of split {split!r}")
     excerpt_seconds = (store.meta.get("excerpt") or {}).get("seconds")

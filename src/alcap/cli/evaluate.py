@@ -94,7 +94,8 @@ def add_attention(sub) -> None:
                                    "(e.g. BART-fusion above ALCAP). Songs come from the manifest and embedding store "
                                    "the models were trained with.")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="music model directories (one row each)")
-    p.add_argument("--songs", type=int, default=3, metavar="N", help="first N songs of the split (default: 3)")
+    p.add_argument("--songs", type=int, default=3, metavar="N",
+                   help="first N songs of the split that have lyrics (default: 3)")
     p.add_argument("--song-ids", nargs="+", metavar="ID", help="these songs instead of the first N")
     p.add_argument("--split", default="test", help="split the songs come from (default: test)")
     p.add_argument("--layer", type=int, default=-1, help="which fusion layer, as a list index (default: -1, the last)")
@@ -106,8 +107,8 @@ def add_attention(sub) -> None:
 def cmd_attention(args) -> int:
     from ..figures import attention_figure, inspect_model
 
-    models = [inspect_model(m, split=args.split, songs=args.songs, song_ids=args.song_ids, layer=args.layer)
-              for m in args.checkpoints]
+    models = [inspect_model(m, split=args.split, songs=args.songs, song_ids=args.song_ids, layer=args.layer,
+                            with_lyrics=True) for m in args.checkpoints]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     attention_figure(models, args.out, max_tokens=args.max_tokens)
     print(f"attention maps of {len(models)} model(s) x {len(models[0].song_ids)} song(s) "

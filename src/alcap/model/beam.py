@@ -9,12 +9,17 @@ them together, as extra query rows. Captions are unchanged (tested against HF's 
 
 Both go through HF's public extension points (the attention-function registry and the
 encoder-decoder cache); `modeling_bart` is used as it is.
+
+With `max_cache_len` the self-attention keys and values live in HF's `StaticCache`, allocated
+once for the longest caption and written in place, so every decoding step has the same shapes
+and tensor addresses: what torch.compile needs to compile the step once (HF's `compile_config`)
+and CUDA graphs need to replay it. Beams are then reordered in place, too.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import AttentionInterface, DynamicCache, EncoderDecoderCache
+from transformers import AttentionInterface, DynamicCache, EncoderDecoderCache, StaticCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
@@ -47,13 +52,23 @@ class BeamCache(EncoderDecoderCache):
     they are identical for all beams of one input."""
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.self_attention_cache.reorder_cache(beam_idx)
+        for layer in self.self_attention_cache.layers:
+            if layer.is_compileable:  # static: keep the tensors (compiled graphs hold their addresses)
+                if layer.is_initialized:
+                    layer.keys.copy_(layer.keys.index_select(0, beam_idx))
+                    layer.values.copy_(layer.values.index_select(0, beam_idx))
+            else:
+                layer.reorder_cache(beam_idx)
 
     @classmethod
-    def prefilled(cls, bart, encoder_states: torch.Tensor) -> "BeamCache":
+    def prefilled(cls, bart, encoder_states: torch.Tensor, max_cache_len: int | None = None,
+                  rows_per_input: int = 1) -> "BeamCache":
         """A cache whose cross-attention keys and values are already computed from the
         un-repeated (inputs, L, d_model) encoder states, one row per input; the decoder then
-        never projects the repeated states. Needs the `beam_sdpa` attention."""
+        never projects the repeated states. Needs the `beam_sdpa` attention. `max_cache_len`:
+        a static self-attention cache of that many positions (decoder tokens) for
+        `rows_per_input` sequences per input (beams), allocated now so that the first decoding
+        step has the shapes of the others; else a dynamic one."""
         config = bart.config.get_text_config(decoder=True)
         cross = DynamicCache(config=config)
         for index, layer in enumerate(bart.get_decoder().layers):
@@ -62,4 +77,10 @@ class BeamCache(EncoderDecoderCache):
             keys = attention.k_proj(encoder_states).view(shape).transpose(1, 2)
             values = attention.v_proj(encoder_states).view(shape).transpose(1, 2)
             cross.update(keys, values, index)
-        return cls(DynamicCache(config=config), cross)  # is_updated: the decoder reuses `cross`
+        if max_cache_len:
+            own = StaticCache(config=config, max_cache_len=max_cache_len)
+            own.early_initialization(encoder_states.shape[0] * rows_per_input, keys.shape[1], keys.shape[-1],
+                                     keys.dtype, keys.device)  # keys.dtype: the autocast one, if any
+        else:
+            own = DynamicCache(config=config)
+        return cls(own, cross)  # is_updated: the decoder reuses `cross`

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from typing import Literal
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import BartConfig, BartForConditionalGeneration, DynamicCache
+from transformers import BartConfig, BartForConditionalGeneration, DynamicCache, StaticCache
 from transformers.models.bart.modeling_bart import shift_tokens_right
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
@@ -112,6 +113,49 @@ VARIABLE_SHAPE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT
 def variable_shape_attention():
     """SDPA restricted to the kernels that cost nothing per new input shape (all but cuDNN's)."""
     return sdpa_kernel(VARIABLE_SHAPE_SDPA_BACKENDS)
+
+
+# Compiled decoding compiles one graph per input shape; lyrics padded to a multiple of this
+# many tokens give a run a handful of shapes (8 up to 512 tokens) instead of one per batch.
+COMPILE_LENGTH_MULTIPLE = 64
+
+
+def pad_to_multiple(input_ids: torch.Tensor, attention_mask: torch.Tensor, multiple: int, pad_id: int):
+    """(B, L) ids and mask right-padded to a multiple of `multiple` (padding is masked: the
+    encoder states of the real tokens do not change)."""
+    extra = -input_ids.shape[1] % multiple
+    if not extra:
+        return input_ids, attention_mask
+    return (torch.nn.functional.pad(input_ids, (0, extra), value=pad_id),
+            torch.nn.functional.pad(attention_mask, (0, extra), value=0))
+
+
+@contextmanager
+def compiled_decoding(bart: BartForConditionalGeneration, backend, mode: str | None = None):
+    """Within: `bart`'s forward is torch.compile'd with static shapes (one graph per shape,
+    kept on the model for later calls); without a backend, nothing changes. HF's own
+    auto-compilation covers greedy and sampling only, not beam search."""
+    if not backend:
+        yield
+        return
+    if torch._dynamo.config.recompile_limit < 64:  # a graph per (batch size, lyrics bucket)
+        torch._dynamo.config.recompile_limit = 64
+    key = (backend, mode)
+    if getattr(bart, "_alcap_compiled", (None,))[0] != key:
+        forward = type(bart).forward.__get__(bart)
+        bart._alcap_compiled = (key, torch.compile(forward, backend=backend, mode=mode, dynamic=False))
+    bart.forward = bart._alcap_compiled[1]
+    try:
+        yield
+    finally:
+        del bart.forward  # the class's again
+
+
+def decoder_length(generation_kwargs: dict, defaults) -> int:
+    """Decoder positions a static cache needs: the start token and every generated token."""
+    if generation_kwargs.get("max_new_tokens") is not None:
+        return generation_kwargs["max_new_tokens"] + 1
+    return generation_kwargs.get("max_length") or defaults.max_length
 
 
 class AlcapModel(nn.Module):
@@ -236,17 +280,35 @@ class AlcapModel(nn.Module):
     # ------------------------------------------------------------------ inference
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, music=None, music_mask=None, **generation_kwargs) -> torch.Tensor:
-        """Caption ids through HF `generate()` (greedy, beam, sampling, ... by its kwargs)."""
+    def generate(self, input_ids, attention_mask, music=None, music_mask=None, compile_backend=None,
+                 compile_mode: str | None = None, **generation_kwargs) -> torch.Tensor:
+        """Caption ids through HF `generate()` (greedy, beam, sampling, ... by its kwargs).
+
+        `compile_backend` (e.g. "inductor"; torch.compile's `backend`, with `compile_mode` its
+        `mode`, e.g. "reduce-overhead" for CUDA graphs): decode with a static KV cache and a
+        compiled decoding step. With the cross-attention keys prefilled, every step, the first
+        included, has the same shapes; the lyrics are padded to a multiple of
+        COMPILE_LENGTH_MULTIPLE tokens, so each (batch size, lyrics bucket) compiles once and is
+        reused; the first batch of a shape pays the compilation."""
         music = self._prepare_music(music)
-        with variable_shape_attention():
+        max_cache_len = None
+        if compile_backend:
+            input_ids, attention_mask = pad_to_multiple(input_ids, attention_mask, COMPILE_LENGTH_MULTIPLE,
+                                                        self.bart.config.pad_token_id)
+            max_cache_len = decoder_length(generation_kwargs, self.bart.generation_config)
+            generation_kwargs["disable_compile"] = True  # HF's compiles greedy and sampling only; ours every mode
+        with variable_shape_attention(), compiled_decoding(self.bart, compile_backend, compile_mode):
             encoded = self.encode(input_ids, attention_mask, music, music_mask)
-            if generation_kwargs.get("num_beams", 1) > 1 and "cache" not in generation_kwargs:
+            defaults = self.bart.generation_config  # what HF uses for what the kwargs leave out
+            beams = generation_kwargs.get("num_beams") or defaults.num_beams or 1
+            if (beams > 1 or max_cache_len) and "cache" not in generation_kwargs:
+                config = self.bart.config.get_text_config(decoder=True)
                 if self.bart.config._attn_implementation == BEAM_SDPA:
-                    generation_kwargs["cache"] = BeamCache.prefilled(self.bart, encoded.states)
+                    rows = max(beams, generation_kwargs.get("num_return_sequences") or defaults.num_return_sequences or 1)
+                    generation_kwargs["cache"] = BeamCache.prefilled(self.bart, encoded.states, max_cache_len, rows)
                 else:
-                    config = self.bart.config.get_text_config(decoder=True)
-                    generation_kwargs["cache"] = BeamCache(DynamicCache(config=config), DynamicCache(config=config))
+                    own = StaticCache(config=config, max_cache_len=max_cache_len) if max_cache_len else DynamicCache(config=config)
+                    generation_kwargs["cache"] = BeamCache(own, DynamicCache(config=config))
             return self.bart.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoded.states), attention_mask=attention_mask,
                 **generation_kwargs,
