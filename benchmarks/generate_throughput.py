@@ -10,10 +10,15 @@ Baselines (`--baseline`):
   and encoder-decoder cache;
 - `stock-cache`: alcap's batches and lengths, HF's stock attention and cache: what alcap's
   BeamCache alone is worth;
-- `single`: alcap's path, one song at a time.
+- `single`: alcap's path, one song at a time;
+- `eager`: alcap's path at the same batch without compilation (with `--compile`).
 Both ways run the same number of times, alternating, and the line gives the best and the range.
+`--compile` decodes with generation.compile (static KV cache, compiled decoding step; add
+`--compile-mode reduce-overhead` for CUDA graphs): every shape is compiled in an untimed first
+pass over all songs, whose extra time is reported as the compile time.
 
-    python benchmarks/generate_throughput.py [--quick] [--preset small|bart-base] [--baseline original|stock-cache|single]
+    python benchmarks/generate_throughput.py [--quick] [--preset small|bart-base]
+        [--baseline original|stock-cache|single|eager] [--compile [--compile-mode MODE]]
         [--songs N] [--repeats N] [--device cuda --bf16]
 """
 
@@ -76,8 +81,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when there is one)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU), as generation.mixed_precision: bf16")
-    parser.add_argument("--baseline", choices=("original", "stock-cache", "single"), default="original",
+    parser.add_argument("--baseline", choices=("original", "stock-cache", "single", "eager"), default="original",
                         help="what alcap's path is compared with (default: original; see above)")
+    parser.add_argument("--compile", action="store_true",
+                        help="alcap's path decodes with generation.compile (static KV cache, compiled step)")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode with --compile, e.g. reduce-overhead")
     parser.add_argument("--original-batch", type=int, default=12,
                         help="batch of the original's evaluation (default: 12; BART-fusion's was 8)")
     parser.add_argument("--repeats", type=int, default=None, help="runs of each way, alternating (default: 2)")
@@ -96,17 +104,24 @@ def main() -> None:
     run = RunConfig()
     run.data.max_lyrics_tokens = 512
 
-    def captioner(batch_size: int) -> Captioner:
+    def captioner(batch_size: int, compile: bool = False) -> Captioner:
         generation = GenerationConfig(num_beams=4, max_new_tokens=tokens, min_new_tokens=tokens, batch_size=batch_size,
-                                      mixed_precision="bf16" if args.bf16 else "no")
+                                      mixed_precision="bf16" if args.bf16 else "no", compile=compile,
+                                      compile_mode=args.compile_mode)
         return Captioner(model, tokenizer, None, Excerpt(), run, generation, device=args.device)
 
-    batched = captioner(args.batch_size)
+    if args.baseline == "eager" and not args.compile:
+        parser.error("--baseline eager compares --compile with the same path uncompiled: add --compile")
+    batched = captioner(args.batch_size, args.compile)
     autocast = torch.bfloat16 if args.bf16 and torch.device(args.device).type == "cuda" else None
     if args.baseline == "single":
         single = captioner(1)
         baseline_fn = lambda n=songs: single.caption_embeddings(lyrics[:n], music[:n])  # noqa: E731
         described = "one at a time"
+    elif args.baseline == "eager":
+        eager = captioner(args.batch_size)
+        baseline_fn = lambda n=songs: eager.caption_embeddings(lyrics[:n], music[:n])  # noqa: E731
+        described = f"the same path uncompiled (batch {args.batch_size})"
     else:
         padded = args.baseline == "original"
         size = args.original_batch if padded else args.batch_size
@@ -116,6 +131,13 @@ def main() -> None:
                      if padded else f"HF's stock attention and cache (batch {size}, alcap's lengths)")
     batched.caption_embeddings(lyrics[:2], music[:2])  # warm-up of both ways (first calls pay one-off costs)
     baseline_fn(2)
+    first_pass = None
+    if args.compile:  # every batch shape compiles here, untimed
+        synchronize(args.device)
+        start = time.perf_counter()
+        batched.caption_embeddings(lyrics, music)
+        synchronize(args.device)
+        first_pass = time.perf_counter() - start
     ways = {"ours": lambda: batched.caption_embeddings(lyrics, music), "baseline": baseline_fn}
     rates: dict[str, list[float]] = {"ours": [], "baseline": []}
     for repeat in range(args.repeats):
@@ -127,13 +149,18 @@ def main() -> None:
             rates[name].append(songs / (time.perf_counter() - start))
     ours, baseline = max(rates["ours"]), max(rates["baseline"])
     precision = "bf16 autocast" if args.bf16 else "float32"
+    compiled, compile_seconds = "", None
+    if args.compile:
+        compile_seconds = round(first_pass - songs / ours, 1)
+        compiled = f", compiled ({args.compile_mode or 'default'} mode; compiling took {compile_seconds:.1f} s more)"
     report("generate_throughput", ours, baseline, "songs/s",
            f"4-beam generation, {preset}, {args.device} {precision}, {songs} songs x {tokens} tokens: alcap batched "
-           f"(batch {args.batch_size}, BeamCache) {ours:.2f} songs/s ({1000 / ours:.0f} ms/song) vs {described} "
+           f"(batch {args.batch_size}, BeamCache{compiled}) {ours:.2f} songs/s ({1000 / ours:.0f} ms/song) vs {described} "
            f"{baseline:.2f} songs/s ({1000 / baseline:.0f} ms/song): {ours / baseline:.2f}x (ranges over "
            f"{args.repeats} runs: {min(rates['ours']):.2f}-{ours:.2f} vs {min(rates['baseline']):.2f}-{baseline:.2f})",
            preset=preset, vocab=vocab, device=args.device, precision=precision, songs=songs, tokens=tokens,
-           batch_size=args.batch_size, baseline_kind=args.baseline, runs=rates,
+           batch_size=args.batch_size, baseline_kind=args.baseline, runs=rates, compile=args.compile,
+           compile_mode=args.compile_mode, compile_seconds=compile_seconds,
            ms_per_song_ours=round(1000 / ours, 1), ms_per_song_baseline=round(1000 / baseline, 1))
 
 if __name__ == "__main__":

@@ -80,13 +80,14 @@ def build_model(preset: str, rows: list[dict], seed: int = 0, bart_vocab: bool =
     return AlcapModel(AlcapConfig(fusion_layers=[layers - 2, layers - 1]), bart).train(), tokenizer
 
 
-def ours_batches(rows: list[dict], tokenizer, batch_size: int, steps: int) -> list[dict]:
+def ours_batches(rows: list[dict], tokenizer, batch_size: int, steps: int, pad_to_multiple_of: int | None = None) -> list[dict]:
     """alcap's data path: length-grouped batches, each padded to its own longest row.
 
     A few timed steps must stand for a whole epoch, whose batches range from short to full
     length, so the `steps` batches are a stratified sample: those at the quantiles
-    (i + 0.5) / steps of the epoch's batches ordered by padded size."""
-    collate = CaptionCollator(tokenizer, MAX_TOKENS, MAX_TOKENS)
+    (i + 0.5) / steps of the epoch's batches ordered by padded size. `pad_to_multiple_of`:
+    lengths rounded up to buckets, as data.pad_to_multiple_of does for compiled steps."""
+    collate = CaptionCollator(tokenizer, MAX_TOKENS, MAX_TOKENS, pad_to_multiple_of)
     return [collate([rows[i] for i in b]) for b in stratified_batches(rows, tokenizer, batch_size, steps)]
 
 
@@ -114,12 +115,13 @@ def naive_batches(rows: list[dict], tokenizer, batch_size: int, steps: int) -> l
     return [collate([rows[i] for i in order[k * batch_size:(k + 1) * batch_size]]) for k in range(steps)]
 
 
-def epoch_padding(rows: list[dict], tokenizer, batch_size: int) -> tuple[float, float]:
-    """Over a whole epoch of alcap's batches: mean tokens per row as padded, and real ones
-    (the naive path pads every row to 512 + 512 = 1024)."""
+def epoch_padding(rows: list[dict], tokenizer, batch_size: int, multiple: int | None = None) -> tuple[float, float]:
+    """Over a whole epoch of alcap's batches: mean tokens per row as padded (to `multiple`s,
+    if given), and real ones (the naive path pads every row to 512 + 512 = 1024)."""
     lengths = token_lengths(rows, tokenizer)
     sampler = LengthGroupedSampler(lengths, batch_size, seed=0)
-    padded = sum(len(b) * lengths[b].max(axis=0).sum() for b in sampler.batches())
+    step = multiple or 1
+    padded = sum(len(b) * (-(-lengths[b].max(axis=0) // step) * step).sum() for b in sampler.batches())
     return padded / len(rows), lengths.sum() / len(rows)
 
 

@@ -13,6 +13,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.mark.parametrize("script, args", [
     ("generate_throughput.py", ["--quick", "--preset", "tiny", "--songs", "3", "--tokens", "4", "--batch-size", "3"]),
+    ("generate_throughput.py", ["--quick", "--preset", "tiny", "--songs", "3", "--tokens", "4", "--batch-size", "3",
+                                "--compile", "--baseline", "eager", "--repeats", "1"]),
     ("embed_throughput.py", ["--quick", "--songs", "3"]),
     ("train_throughput.py", ["--quick", "--preset", "tiny", "--steps", "1", "--batch-size", "4"]),
     ("memory.py", ["--quick", "--preset", "tiny", "--batch-size", "4", "--repeats", "1"]),
@@ -36,6 +38,8 @@ def test_benchmark_prints_a_ratio_line(script, args):
     if script == "search_latency.py":  # recall of the index measured against exact search, per size
         assert [s["songs"] for s in result["sizes"]] == [2000, 10000]
         assert all(0 < s["faiss_recall@10"] <= 1 and s["exact_p50_ms"] > 0 for s in result["sizes"])
+    if "--compile" in args:  # the compile time apart from the rate
+        assert result["compile"] is True and result["compile_seconds"] is not None and "compiling took" in lines[-2]
     if script == "library_add.py":
         assert set(result["rss"]) == {"6", "12"} and all(r["added"] == int(n) for n, r in result["rss"].items())
     if script == "cpu_captioning.py":  # one line per setting against float32 4-beam

@@ -202,3 +202,27 @@ def test_no_audio_is_refused_by_a_model_that_hears_the_music(tiny_models):
     with pytest.raises(AudioError, match="no audio given; this model hears the music"):
         captioner.caption(None, "some lyrics")
     assert isinstance(Captioner.from_pretrained(tiny_models["lyrics"], device="cpu").caption(None, "some lyrics"), str)
+
+
+def test_compiled_decoding_from_the_config_captions_as_eager_and_refuses_int8(tiny_models, tiny_corpus):
+    """generation.compile reaches the model through the Captioner (here with torch.compile's
+    `eager` backend: Dynamo captures the step, no code is generated)."""
+    import dataclasses
+
+    from alcap.data.manifest import read_manifest
+    from alcap.data.store import EmbeddingStore
+
+    captioner = Captioner.from_pretrained(tiny_models["music"], device="cpu")
+    rows = read_manifest(tiny_corpus / "corpus" / "manifest.jsonl").rows[:6]
+    store = EmbeddingStore.open(tiny_corpus / "store")
+    lyrics, music = [r.lyrics or "" for r in rows], [store.get(r.song_id) for r in rows]
+    for beams in (1, 3):
+        captioner.generation = dataclasses.replace(captioner.generation, num_beams=beams, compile=False)
+        eager = captioner.caption_embeddings(lyrics, music)
+        captioner.generation = dataclasses.replace(captioner.generation, compile=True, compile_backend="eager")
+        assert captioner.caption_embeddings(lyrics, music) == eager, beams
+    assert "compile_backend" in captioner.generation.kwargs() and "forward" not in captioner.model.bart.__dict__
+    quantised = Captioner.from_pretrained(tiny_models["music"], device="cpu", quantize="int8")
+    quantised.generation = captioner.generation
+    with pytest.raises(ValueError, match="generation.compile does not combine with --quantize int8"):
+        quantised.caption_embeddings(lyrics, music)

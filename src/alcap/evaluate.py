@@ -21,19 +21,21 @@ def evaluate_model(model_dir: str | Path, split: str = "test", manifest: str | N
                    out_dir: str | Path | None = None, num_beams: int | None = None, max_new_tokens: int | None = None,
                    limit: int | None = None, progress: bool = True, retrieval: bool = True,
                    retrieval_model: str | None = None, query_seed: int = 0, mixed_precision: str | None = None,
-                   batch_size: int | None = None, attribute_words: str | None = None, quantize: str | None = None) -> dict:
+                   batch_size: int | None = None, attribute_words: str | None = None, quantize: str | None = None,
+                   compile: bool | None = None) -> dict:
     """One prediction per song of `split`, scored against every caption of that song, and
     text-to-music retrieval over the split (one reference sentence per song as the query).
 
     Decoding follows the run's generation config; `num_beams`, `max_new_tokens`,
-    `mixed_precision` and `batch_size` override it; `quantize` ("int8") quantises the
+    `mixed_precision`, `batch_size` and `compile` override it; `quantize` ("int8") quantises the
     captioner's linear layers for the CPU.
     """
     model_dir = Path(model_dir)
     captioner = Captioner.from_pretrained(model_dir, quantize=quantize)
     run = captioner.run
     captioner.generation = captioner.generation.with_overrides(
-        num_beams=num_beams, max_new_tokens=max_new_tokens, mixed_precision=mixed_precision, batch_size=batch_size)
+        num_beams=num_beams, max_new_tokens=max_new_tokens, mixed_precision=mixed_precision, batch_size=batch_size,
+        compile=compile)
     manifest = manifest or run.data.manifest
     rows = read_manifest(manifest).split(split)
     if not rows:

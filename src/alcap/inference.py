@@ -394,6 +394,9 @@ class Captioner:
         Batches hold lyrics of similar token length (longest first), so little of a batch is
         padding; the captions come back in the order given."""
         self.generation.check()
+        if self.generation.compile and self.quantize != "none":
+            raise ValueError("generation.compile does not combine with --quantize int8: torch's quantised linear "
+                             "layers break the compiled graph at every layer; use one or the other")
         per_song = self.generation.num_return_sequences
         tokens = self.tokenizer(list(lyrics), truncation=True, max_length=self.max_lyrics_tokens)["input_ids"]
         order = sorted(range(len(lyrics)), key=lambda i: -len(tokens[i]))

@@ -147,6 +147,54 @@ def test_beam_search_with_shared_cross_attention_gives_hf_captions(monkeypatch):
     assert any(reordered) and cross_rows == [4, 4]  # one row of cross keys per song, not per beam
 
 
+def test_compiled_decoding_with_a_static_cache_gives_the_same_captions_and_compiles_once_per_shape(monkeypatch):
+    """generation.compile: the self-attention keys in a StaticCache allocated before the first
+    step, beams reordered in place, the decoding step compiled (here with a backend that only
+    counts the graphs it is given and runs them as they are)."""
+    from transformers import StaticCache
+
+    from alcap.model.beam import BeamCache
+
+    model = tiny_model()
+    ids, mask, _, music = batch(b=4, l_t=15)
+    graphs, caches = [], []
+
+    def counting(gm, example_inputs):
+        graphs.append(len(example_inputs))
+        return gm.forward
+
+    prefilled = BeamCache.prefilled
+
+    def spy(bart, states, max_cache_len=None, rows_per_input=1):
+        caches.append(prefilled(bart, states, max_cache_len, rows_per_input))
+        return caches[-1]
+
+    monkeypatch.setattr(BeamCache, "prefilled", spy)
+    for kwargs in (dict(num_beams=4, do_sample=False, max_new_tokens=16, min_new_tokens=16),
+                   dict(num_beams=1, do_sample=False, max_new_tokens=12, min_new_tokens=12)):
+        kwargs.update(output_scores=True, return_dict_in_generate=True)
+        eager = model.generate(ids, mask, music=music, **kwargs)
+        for _ in range(2):  # the second call reuses the first one's graph
+            compiled = model.generate(ids, mask, music=music, compile_backend=counting, **kwargs)
+            assert torch.equal(compiled.sequences, eager.sequences), kwargs
+            torch.testing.assert_close(torch.stack(compiled.scores), torch.stack(eager.scores), rtol=1e-5, atol=1e-5)
+        own = caches[-1].self_attention_cache
+        rows, positions = 4 * kwargs["num_beams"], kwargs["max_new_tokens"] + 1  # the start token too
+        assert isinstance(own, StaticCache) and own.layers[0].keys.shape[:3] == (rows, 4, positions)
+    assert len(graphs) == 2  # one per shape (4 x 4 beams, 4 x 1), the first step included
+    assert "forward" not in model.bart.__dict__  # the class's forward again after generate
+
+
+def test_compiled_decoding_pads_lyrics_to_buckets_of_64_tokens():
+    from alcap.model.captioner import COMPILE_LENGTH_MULTIPLE, pad_to_multiple
+
+    ids, mask, _, _ = batch(b=2, l_t=70)
+    padded, padded_mask = pad_to_multiple(ids, mask, COMPILE_LENGTH_MULTIPLE, pad_id=1)
+    assert padded.shape == (2, 128) and torch.equal(padded[:, :70], ids) and (padded[:, 70:] == 1).all()
+    assert torch.equal(padded_mask[:, :70], mask) and not padded_mask[:, 70:].any()
+    assert pad_to_multiple(padded, padded_mask, 64, 1)[0] is padded  # already a multiple: unchanged
+
+
 def test_attention_never_uses_cudnn_which_plans_every_new_shape(monkeypatch):
     """Batches are padded to their own length and decoding grows by a token a step; cuDNN's
     SDPA builds a plan per new shape (424 ms bart-base steps instead of 88 on an H100), so

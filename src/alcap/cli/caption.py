@@ -87,7 +87,7 @@ def cmd_caption(args) -> int:
 
     captioner = Captioner.from_pretrained(args.model, device=args.device, quantize=args.quantize)
     captioner.generation = captioner.generation.with_overrides(
-        mixed_precision=args.mixed_precision, batch_size=args.batch_size, num_beams=args.num_beams,
+        mixed_precision=args.mixed_precision, compile=args.compile, batch_size=args.batch_size, num_beams=args.num_beams,
         max_new_tokens=args.max_new_tokens, do_sample=True if args.sample else None, top_p=args.top_p,
         temperature=args.temperature, num_return_sequences=args.num_return_sequences)
     captioner.generation.check()

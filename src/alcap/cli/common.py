@@ -51,6 +51,11 @@ def add_decoding_speed_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
                         help="autocast decoding on a GPU (ignored on the CPU) (default: the run's "
                              "generation.mixed_precision, no)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="decode with a static KV cache and a torch.compile'd decoding step (lyrics padded to "
+                             "multiples of 64 tokens; each batch size and lyrics bucket compiles once, the first "
+                             "batch of each pays it); for long jobs on a GPU; not with --quantize int8 (default: "
+                             "the run's generation.compile, off)")
     add_quantize_arg(parser)
 
 

@@ -45,7 +45,7 @@ def cmd_evaluate(args) -> int:
                              out_dir=args.out, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
                              limit=args.limit, progress=not args.quiet, retrieval=not args.no_retrieval,
                              retrieval_model=args.retrieval_model, query_seed=args.query_seed,
-                             mixed_precision=args.mixed_precision, batch_size=args.batch_size,
+                             mixed_precision=args.mixed_precision, compile=args.compile, batch_size=args.batch_size,
                              attribute_words=args.attributes, quantize=args.quantize)
     keys = ("rouge1_recall", "rouge2_recall", "rougeL_recall", "rouge1_f1", "rouge2_f1", "rougeL_f1", "meteor")
     print(" ".join(f"{k} {metrics[k]:.4f}" if metrics.get(k) is not None else f"{k} n/a" for k in keys))
