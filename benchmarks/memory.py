@@ -7,7 +7,7 @@ is the headline number. Each measurement runs (twice, keeping the lower peak) in
 high-water mark): model and AdamW are built, one step creates the optimiser state, then the
 measured step runs. Lower is better (ratio < 1).
 
-    python benchmarks/memory.py [--quick] [--preset bart-base|small]
+    python benchmarks/memory.py [--quick] [--preset bart-base|small] [--bart-vocab] [--gradient-checkpointing]
 """
 
 from __future__ import annotations
@@ -29,16 +29,19 @@ from training import (  # noqa: E402
 )
 
 from alcap.data.dataset import CaptionCollator, LengthGroupedSampler  # noqa: E402
+from alcap.train.loop import enable_gradient_checkpointing  # noqa: E402
 
 MIB = 1024 * 1024
 
 
-def measure(path: str, preset: str, batch_size: int, bart_vocab: bool = False) -> dict:
+def measure(path: str, preset: str, batch_size: int, bart_vocab: bool = False, checkpointing: bool = False) -> dict:
     """In this (fresh) process: MiB resident after set-up and at the peak of the training step
     (alcap's for its batches: the loss on labelled positions only; HF's full-logits loss for the
     naive path, as the original computed it)."""
     rows = synthetic_rows(batch_size * 60)
     model, tokenizer = build_model(preset, rows, bart_vocab=bart_vocab)
+    if checkpointing and path in ("typical", "largest"):  # alcap's step only; the baselines are HF's as it is
+        enable_gradient_checkpointing(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     # Every process prepares all three batches, so they differ only in the step they run.
     batches = {"naive": naive_batches(rows, tokenizer, batch_size, 1)[0],
@@ -70,18 +73,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2,
                         help="fresh processes per measurement; the lowest peak is kept (RSS varies ~10%% run to run)")
     parser.add_argument("--child", choices=["typical", "largest", "largest-hf-loss", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="alcap's step with train.gradient_checkpointing (layers recomputed in the backward pass)")
     add_bart_vocab_arg(parser)
     args = parser.parse_args()
     preset = args.preset or ("small" if args.quick else "bart-base")
     if args.child:
-        print(json.dumps(measure(args.child, preset, args.batch_size, args.bart_vocab)))
+        print(json.dumps(measure(args.child, preset, args.batch_size, args.bart_vocab, args.gradient_checkpointing)))
         return
     result = {}
     for path in ("typical", "largest", "largest-hf-loss", "naive"):
         runs = []
         for _ in range(args.repeats):
             done = subprocess.run([sys.executable, __file__, "--child", path, "--preset", preset,
-                                   "--batch-size", str(args.batch_size)] + (["--bart-vocab"] if args.bart_vocab else []),
+                                   "--batch-size", str(args.batch_size)] + (["--bart-vocab"] if args.bart_vocab else [])
+                                  + (["--gradient-checkpointing"] if args.gradient_checkpointing else []),
                                   capture_output=True, text=True, check=True)
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         result[path] = min(runs, key=lambda r: r["peak_mib"])
@@ -90,12 +96,14 @@ def main() -> None:
     largest, naive, typical = result["largest"]["peak_mib"], result["naive"]["peak_mib"], result["typical"]["peak_mib"]
     same = result["largest-hf-loss"]["peak_mib"]
     report("memory", largest, naive, "MiB peak RSS (lower is better)",
-           f"peak RSS of a training step, {preset}, batch {args.batch_size}: alcap's largest batch of an epoch "
+           f"peak RSS of a training step, {preset}, batch {args.batch_size}"
+           f"{', alcap with gradient checkpointing' if args.gradient_checkpointing else ''}: alcap's largest batch of an epoch "
            f"({pad['largest']:.0f} padded tokens per row) {largest:.0f} MiB (+{step['largest']:.0f} MiB over model and "
            f"optimiser), its typical batch ({pad['typical']:.0f} tokens) {typical:.0f} MiB (+{step['typical']:.0f} MiB) "
            f"vs padding to 512+512 {naive:.0f} MiB (+{step['naive']:.0f} MiB): {largest / naive:.2f}x; the largest "
            f"batch with HF's full-logits loss {same:.0f} MiB: {largest / same:.2f}x",
            preset=preset, batch_size=args.batch_size, bart_vocab=args.bart_vocab, lower_is_better=True,
+           gradient_checkpointing=args.gradient_checkpointing,
            same_batch_hf_loss_mib=round(same, 1), vs_same_batch_hf_loss=round(largest / same, 3), typical_mib=round(typical, 1),
            step_mib_largest=round(step["largest"], 1), step_mib_typical=round(step["typical"], 1),
            step_mib_baseline=round(step["naive"], 1), resting_mib=round(result["naive"]["resting_mib"], 1))

@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 from training import MAX_TOKENS, add_bart_vocab_arg, build_model, epoch_padding, naive_batches, ours_batches, padded_tokens, run_steps, synthetic_rows  # noqa: E402
 
+from alcap.train.loop import enable_gradient_checkpointing  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,6 +46,8 @@ def main() -> None:
                         "CUDA graphs; max-autotune)")
     parser.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N",
                         help="alcap's batches padded to multiples of N tokens (data.pad_to_multiple_of; e.g. 64)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="alcap's steps with train.gradient_checkpointing (the padded baseline without)")
     add_bart_vocab_arg(parser)
     args = parser.parse_args()
     preset = args.preset or ("small" if args.quick else "bart-base")
@@ -66,16 +70,21 @@ def main() -> None:
     # run's does after its first long batches; every timed alcap batch is still a new shape.
     run_steps(model, optimizer, naive_b[:1], full_logits=True, **device)
     run_steps(model, optimizer, ours_b[:1], **device)
+    if args.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     t_ours, rows_ours, tokens_ours = run_steps(model, optimizer, ours_b, **device)
     if compile_seconds is not None:
         compile_seconds = round(compile_seconds - t_ours, 1)
+    if args.gradient_checkpointing:
+        model.bart.activation_checkpointing_disable()
     t_naive, rows_naive, tokens_naive = run_steps(model, optimizer, naive_b, full_logits=True, **device)
     ours, baseline = rows_ours / t_ours, rows_naive / t_naive
     padded_ours = np.mean([padded_tokens(b) / b["input_ids"].shape[0] for b in ours_b])
     epoch_padded, epoch_real = epoch_padding(rows, tokenizer, args.batch_size, args.pad_to_multiple_of)
     precision = ("bf16 autocast" if args.bf16 else "float32") + (
         f", torch.compile ({args.compile_mode or 'default'} mode; compiling took {compile_seconds:.1f} s more)"
-        if args.compile else "") + (f", lengths in buckets of {args.pad_to_multiple_of}" if args.pad_to_multiple_of else "")
+        if args.compile else "") + (f", lengths in buckets of {args.pad_to_multiple_of}" if args.pad_to_multiple_of else "") + (
+        ", alcap with gradient checkpointing" if args.gradient_checkpointing else "")
     report("train_throughput", ours, baseline, "rows/s",
            f"training steps, {preset}, {args.device} {precision}, batch {args.batch_size}, {steps} steps each: length-grouped dynamic padding "
            f"{ours:.2f} rows/s ({tokens_ours / t_ours:.0f} real tokens/s, mean padded length {padded_ours:.0f}) vs "

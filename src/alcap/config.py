@@ -155,6 +155,10 @@ class TrainConfig:
     max_skipped_steps: int = setting(10, "with nonfinite_loss skip: stop after this many skipped steps")
     fused_optimizer: bool = setting(True, "AdamW as one fused kernel per step (torch's fused=True) instead of "
                                           "per-tensor updates; false: torch's default implementation")
+    gradient_checkpointing: bool = setting(
+        False, "recompute each BART layer's activations in the backward pass instead of keeping them: a "
+        "fraction of the memory for about a third more compute (long lyrics and captions, large batches, "
+        "small GPUs); the loss and gradients are unchanged")
     compile: bool = setting(
         False, "torch.compile the model (through Accelerate) with dynamic shapes, so dynamic padding does "
         "not recompile every batch; pays off on a GPU over long runs, the first steps are slow")

@@ -56,3 +56,29 @@ def test_the_fused_adamw_makes_the_same_steps_as_torchs_default():
         nets[fused] = dict(net.named_parameters())
     for name, param in nets[False].items():
         torch.testing.assert_close(nets[True][name], param, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_gradient_checkpointing_recomputes_the_layers_and_leaves_loss_and_gradients_unchanged():
+    from alcap.train.loop import enable_gradient_checkpointing
+
+    tok = tokenizer()
+    batch = CaptionCollator(tok, 512, 512)(ROWS)
+    plain = model(len(tok)).train()  # dropout on: the recomputation must replay the same masks
+    checkpointed = copy.deepcopy(plain)
+    enable_gradient_checkpointing(checkpointed)
+    calls = []
+    layers = [*checkpointed.bart.model.encoder.layers, *checkpointed.bart.model.decoder.layers]
+    for layer in layers:
+        layer.fc1.register_forward_pre_hook(lambda module, args: calls.append(module))  # inside the checkpoint
+    grads, losses = {}, {}
+    for name, net in (("plain", plain), ("checkpointed", checkpointed)):
+        torch.manual_seed(3)
+        out = net(**batch, return_logits=False)
+        out.loss.backward()
+        losses[name] = out.loss.detach()
+        grads[name] = {k: p.grad for k, p in net.named_parameters() if p.grad is not None}
+    assert len(calls) == 2 * len(layers)  # each layer ran forward again in the backward pass
+    torch.testing.assert_close(losses["checkpointed"], losses["plain"])
+    assert grads["plain"].keys() == grads["checkpointed"].keys()
+    for name, grad in grads["plain"].items():
+        torch.testing.assert_close(grads["checkpointed"][name], grad, rtol=1e-5, atol=1e-6, msg=name)

@@ -194,6 +194,8 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     if accelerator.is_main_process and not tokenizer_dir.exists():
         tokenizer.save_pretrained(tokenizer_dir)
     model = AlcapModel(config.model.alcap, bart)
+    if tc.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     if use_music and config.model.alcap.music_standardize:
         model.set_music_statistics(*music_statistics(store, {r.song_id for r in train_set.rows}))
 
@@ -307,7 +309,14 @@ def train(config: RunConfig, progress: bool = True) -> dict:
 
 # Changes that do not alter what is learned (only when training stops, or how fast it runs).
 RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.early_stop_patience", "generation", "train.compile",
-                     "data.num_workers")
+                     "data.num_workers", "train.gradient_checkpointing")
+
+
+def enable_gradient_checkpointing(model: AlcapModel) -> None:
+    """Every BART encoder and decoder layer recomputed in the backward pass (HF's checkpointing,
+    non-reentrant: dropout masks are replayed, so gradients equal the plain step's). The
+    encoder layers that `AlcapModel.encode` runs itself are checkpointed too: the layers do it."""
+    model.bart.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _check_same_run(out: Path, config: RunConfig) -> None:
