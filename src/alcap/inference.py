@@ -148,6 +148,28 @@ DEFAULT_FULL_TRACK = "pool"
 QUANTIZE_MODES = ("none", "int8")
 
 
+def int8_full_range() -> bool:
+    """Whether int8 activations may use all 8 bits here. torch keeps one in reserve
+    (reduce_range) because fbgemm's AVX2 kernels add pairs of u8 x s8 products in int16, which
+    saturates; with AVX-512 VNNI they accumulate in int32, so the full range is exact and
+    halves the activations' rounding error (the demo's int8 4-beam captions: ROUGE-L -2.74
+    with 7 bits, -0.05 with 8)."""
+    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+        return False
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return "avx512_vnni" in flags.split()
+
+
+class FullRangeDynamicLinear(torch.ao.nn.quantized.dynamic.Linear):
+    """torch's dynamic int8 linear layer with 8-bit activations (see `int8_full_range`)."""
+
+    def forward(self, x):
+        return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False).to(x.dtype)
+
+
 def quantize_model(model: AlcapModel, mode: str | None, device: torch.device) -> AlcapModel:
     """`model` with its linear layers quantised as `mode` (a QUANTIZE_MODES name; None: none)."""
     if mode in (None, "none"):
@@ -160,10 +182,15 @@ def quantize_model(model: AlcapModel, mode: str | None, device: torch.device) ->
     import warnings
 
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    from torch.ao.quantization.quantization_mappings import get_default_dynamic_quant_module_mappings
 
+    mapping = dict(get_default_dynamic_quant_module_mappings())  # a copy: torch returns its own dict
+    if int8_full_range():
+        mapping[torch.nn.Linear] = FullRangeDynamicLinear
     with warnings.catch_warnings():  # torch marks eager quantisation as moving to torchao; it still works
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model.eval(), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        return quantize_dynamic(model.eval(), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
+                                mapping=mapping)
 
 
 def full_track_mode(value) -> str | None:
