@@ -8,6 +8,11 @@ FLOPs per row of the original's data path (everything padded to 512 + 512), i.e.
 its compute went into padding.
 
     python benchmarks/flops.py [--quick] [--preset bart-base|small] [--steps N] [--device cuda --bf16]
+        [--compile [--compile-mode reduce-overhead] [--pad-to-multiple-of 64]]
+
+With --compile the step runs through torch.compile (dynamic shapes, as train.compile); each
+timed batch is run once untimed first, whose extra time is reported as the compile time. The
+FLOPs are counted on the uncompiled model, for the batches as padded.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--bf16", action="store_true",
                         help="bfloat16 autocast (GPU), as train.mixed_precision: bf16; the peak is then a bf16 GEMM")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model, as train.compile: true")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    parser.add_argument("--pad-to-multiple-of", type=int, default=None, metavar="N",
+                        help="batches padded to multiples of N tokens (data.pad_to_multiple_of; e.g. 64)")
     add_bart_vocab_arg(parser)
     args = parser.parse_args()
     preset = args.preset or ("small" if args.quick else "bart-base")
@@ -65,7 +74,7 @@ def main() -> None:
     vocab = model.bart.get_input_embeddings().num_embeddings
     model.to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    batches = ours_batches(rows, tokenizer, args.batch_size, steps)
+    batches = ours_batches(rows, tokenizer, args.batch_size, steps, args.pad_to_multiple_of)
     naive = naive_batches(rows, tokenizer, args.batch_size, 1)[0]
 
     peak = matmul_peak(size, repeats=20 if on_gpu else 5, device=args.device, dtype=dtype)
@@ -74,19 +83,29 @@ def main() -> None:
     per_row_ours = flops / sum(b["input_ids"].shape[0] for b in batches)
     device = {"device": args.device, "autocast": dtype if args.bf16 else None}
     run_steps(model, optimizer, [naive], full_logits=True, **device)  # warm-up, the largest batch first (allocator)
+    compile_seconds = None
+    if args.compile:
+        model = torch.compile(model, dynamic=True, mode=args.compile_mode)
+        compile_seconds = run_steps(model, optimizer, batches, **device)[0]  # compiles each shape
     run_steps(model, optimizer, batches[:1], **device)
     seconds, _, _ = run_steps(model, optimizer, batches, **device)
     achieved = flops / seconds
     precision = "bf16" if args.bf16 else "float32"
+    if args.compile:
+        compile_seconds = round(compile_seconds - seconds, 1)
+        precision += f", torch.compile ({args.compile_mode or 'default'} mode; compiling took {compile_seconds:.1f} s more)"
+    if args.pad_to_multiple_of:
+        precision += f", lengths in buckets of {args.pad_to_multiple_of}"
+    peak_name = "bf16" if args.bf16 else "float32"
     report("flops", achieved / 1e9, peak / 1e9, "GFLOP/s",
            f"training step, {preset}, {args.device} {precision}, batch {args.batch_size}, {steps} steps: "
-           f"{achieved / 1e9:.1f} GFLOP/s achieved vs {peak / 1e9:.1f} GFLOP/s {precision} matmul peak = "
+           f"{achieved / 1e9:.1f} GFLOP/s achieved vs {peak / 1e9:.1f} GFLOP/s {peak_name} matmul peak = "
            f"{achieved / peak:.0%} of peak; {per_row_ours / 1e9:.1f} GFLOP per row vs {per_row_naive / 1e9:.1f} padded "
            f"to 512+512 ({1 - per_row_ours / per_row_naive:.0%} of the naive path's compute is padding): "
            f"{achieved / peak:.2f}x",
            preset=preset, vocab=vocab, device=args.device, precision=precision, steps=steps, batch_size=args.batch_size,
            gflop_per_row_ours=round(per_row_ours / 1e9, 2), gflop_per_row_naive=round(per_row_naive / 1e9, 2),
-           matmul_size=size)
+           matmul_size=size, compile_seconds=compile_seconds, pad_to_multiple_of=args.pad_to_multiple_of)
 
 
 if __name__ == "__main__":

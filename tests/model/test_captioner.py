@@ -126,8 +126,8 @@ def test_beam_search_with_shared_cross_attention_gives_hf_captions(monkeypatch):
         reordered.append(not torch.equal(beam_idx, torch.arange(len(beam_idx))))
         return original(cache, beam_idx)
 
-    def spy_prefilled(bart, states):
-        cache = prefilled(bart, states)
+    def spy_prefilled(bart, states, *static):
+        cache = prefilled(bart, states, *static)
         cross_rows.append(cache.cross_attention_cache.layers[0].keys.shape[0])
         return cache
 
