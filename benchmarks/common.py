@@ -6,9 +6,10 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
+
+from alcap.utils import cpu_info
 
 
 def machine() -> str:
@@ -22,16 +23,16 @@ CPU_FEATURES = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"
 
 
 def cpu_model() -> str:
-    """The CPU's model name and its int8/bf16 instructions, from /proc/cpuinfo (Linux)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                platform.machine())
-    flags = next((set(line.split(":", 1)[1].split()) for line in info.splitlines() if line.startswith("flags")), set())
+    """The CPU's model name and its int8/bf16 instructions."""
+    name, flags = cpu_info()
     features = [f for f in CPU_FEATURES if f in flags]
-    return f"{name}; {', '.join(features) or 'no VNNI, BF16 or AMX'}"
+    return f"{name or platform.processor() or platform.machine()}; {', '.join(features) or 'no VNNI, BF16 or AMX'}"
+
+
+def best_and_spread(rates: dict[str, list[float]], digits: int = 2) -> tuple[dict[str, float], str]:
+    """Each way's best rate, and every way's range ("name lo-hi, ...") for the summary line."""
+    best = {k: max(v) for k, v in rates.items()}
+    return best, ", ".join(f"{k} {min(v):.{digits}f}-{max(v):.{digits}f}" for k, v in rates.items())
 
 
 def best_of(fn, repeats: int, device: str = "cpu") -> float:

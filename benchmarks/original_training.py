@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import report  # noqa: E402
+from common import best_and_spread, report  # noqa: E402
 from training import BART_VOCAB, MAX_TOKENS, stratified_batches, synthetic_rows, write_data  # noqa: E402
 
 WORKER = Path(__file__).with_name("original_worker.py")
@@ -190,8 +190,7 @@ def main() -> None:
         finally:
             worker.stdin.close()
             worker.wait()
-    best = {k: max(v) for k, v in rates.items()}
-    spread = ", ".join(f"{k} {min(v):.3f}-{max(v):.3f}" for k, v in rates.items())
+    best, spread = best_and_spread(rates, 3)
     report("original_training", best["alcap"], best["original"], "rows/s",
            f"training, bart-base with BART's vocabulary, batch {args.batch_size}, {args.steps} steps per epoch, "
            f"alpha {ALPHA}, Adafactor: alcap train {best['alcap']:.3f} rows/s vs the original ALCAP code "

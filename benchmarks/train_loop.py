@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import report  # noqa: E402
+from common import best_and_spread, report  # noqa: E402
 from training import build_model, row, run_steps, vocabulary, write_data  # noqa: E402
 
 from alcap.data.dataset import CaptionCollator  # noqa: E402
@@ -87,8 +87,7 @@ def main() -> None:
                     seconds, n, _ = run_steps(model, optimizers[side], batches)
                     rates[side].append(n / seconds)
                 print(f"{side}: {rates[side][-1]:.2f} rows/s", file=sys.stderr, flush=True)
-    best = {k: max(v) for k, v in rates.items()}
-    spread = ", ".join(f"{k} {min(v):.2f}-{max(v):.2f}" for k, v in rates.items())
+    best, spread = best_and_spread(rates)
     report("train_loop", best["loop"], best["adafactor"], "rows/s",
            f"alcap train's loop, {preset}, batch {batch}, lyrics 512 + captions 100 tokens, Adafactor: "
            f"{best['loop']:.2f} rows/s vs the bare step with Adafactor {best['adafactor']:.2f} rows/s: "

@@ -157,8 +157,8 @@ class TrainConfig:
                                           "per-tensor updates; false: torch's default implementation")
     gradient_checkpointing: bool = setting(
         False, "recompute each BART layer's activations in the backward pass instead of keeping them: a "
-        "fraction of the memory for about a third more compute (long lyrics and captions, large batches, "
-        "small GPUs); the loss and gradients are unchanged")
+        "fraction of the memory for one more forward pass of the layers (long lyrics and captions, large "
+        "batches, small GPUs); the loss and gradients are unchanged")
     compile: bool = setting(
         False, "torch.compile the model (through Accelerate) with dynamic shapes, so dynamic padding does "
         "not recompile every batch; pays off on a GPU over long runs, the first steps are slow")

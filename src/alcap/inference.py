@@ -26,7 +26,7 @@ from .audio.musicnn import MusicnnError
 from .config import GenerationConfig, RunConfig, load_run_config
 from .data.dataset import pad_music
 from .model.captioner import AlcapModel, ModelDirError, model_directory
-from .utils import share_as_umask
+from .utils import cpu_info, share_as_umask
 
 ENCODER_DIR = "music_encoder"
 SHARED_ENCODERS_DIR = "music_encoders"  # in a run directory: each encoder's weights once, by sha256
@@ -154,13 +154,7 @@ def int8_full_range() -> bool:
     saturates; with AVX-512 VNNI they accumulate in int32, so the full range is exact and
     halves the activations' rounding error (the demo's int8 4-beam captions: ROUGE-L -2.74
     with 7 bits, -0.05 with 8)."""
-    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
-        return False
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    return "avx512_vnni" in flags.split()
+    return torch.backends.quantized.engine in ("x86", "fbgemm") and "avx512_vnni" in cpu_info()[1]
 
 
 class FullRangeDynamicLinear(torch.ao.nn.quantized.dynamic.Linear):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 
 def nested_differences(a, b, prefix: str = "") -> list[tuple[str, object, object]]:
     """Leaf-level differences between two nested dicts, as (dotted key, value in a, value in b)."""
@@ -61,6 +64,19 @@ def refused_pickle(exc: BaseException) -> str | None:
     what = f" (a pickled {found.group(1)})" if found else ""
     return (f"holds Python objects other than tensors{what}, which alcap does not load since unpickling them "
             "could run code")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> tuple[str | None, frozenset[str]]:
+    """The CPU's model name and instruction-set flags from /proc/cpuinfo (Linux; elsewhere
+    (None, no flags)): what decides which int8/bf16 kernels run."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None, frozenset()
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return name, frozenset(flags)
 
 
 def compute_environment() -> dict:

@@ -302,11 +302,11 @@ class AlcapModel(nn.Module):
             defaults = self.bart.generation_config  # what HF uses for what the kwargs leave out
             beams = generation_kwargs.get("num_beams") or defaults.num_beams or 1
             if (beams > 1 or max_cache_len) and "cache" not in generation_kwargs:
-                config = self.bart.config.get_text_config(decoder=True)
                 if self.bart.config._attn_implementation == BEAM_SDPA:
                     rows = max(beams, generation_kwargs.get("num_return_sequences") or defaults.num_return_sequences or 1)
                     generation_kwargs["cache"] = BeamCache.prefilled(self.bart, encoded.states, max_cache_len, rows)
-                else:
+                else:  # another attention (e.g. eager): HF's cross cache, filled at the first step
+                    config = self.bart.config.get_text_config(decoder=True)
                     own = StaticCache(config=config, max_cache_len=max_cache_len) if max_cache_len else DynamicCache(config=config)
                     generation_kwargs["cache"] = BeamCache(own, DynamicCache(config=config))
             return self.bart.generate(
