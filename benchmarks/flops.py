@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of, report  # noqa: E402
 from training import add_bart_vocab_arg, build_model, naive_batches, ours_batches, run_steps, synthetic_rows  # noqa: E402
+from alcap.utils import reuse_freed_memory  # noqa: E402
 
 
 def matmul_peak(n: int, repeats: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
@@ -64,6 +65,7 @@ def main() -> None:
                         help="batches padded to multiples of N tokens (data.pad_to_multiple_of; e.g. 64)")
     add_bart_vocab_arg(parser)
     args = parser.parse_args()
+    reuse_freed_memory()  # as `alcap train` does, for both sides
     preset = args.preset or ("small" if args.quick else "bart-base")
     steps = args.steps or (4 if args.quick else 2)
     on_gpu = torch.device(args.device).type == "cuda"

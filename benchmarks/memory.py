@@ -30,6 +30,7 @@ from training import (  # noqa: E402
 
 from alcap.data.dataset import CaptionCollator, LengthGroupedSampler  # noqa: E402
 from alcap.train.loop import enable_gradient_checkpointing  # noqa: E402
+from alcap.utils import reuse_freed_memory  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -37,7 +38,9 @@ MIB = 1024 * 1024
 def measure(path: str, preset: str, batch_size: int, bart_vocab: bool = False, checkpointing: bool = False) -> dict:
     """In this (fresh) process: MiB resident after set-up and at the peak of the training step
     (alcap's for its batches: the loss on labelled positions only; HF's full-logits loss for the
-    naive path, as the original computed it)."""
+    naive path, as the original computed it). Freed memory is kept for reuse, as `alcap train`
+    keeps it, in every process alike."""
+    reuse_freed_memory()
     rows = synthetic_rows(batch_size * 60)
     model, tokenizer = build_model(preset, rows, bart_vocab=bart_vocab)
     if checkpointing and path in ("typical", "largest"):  # alcap's step only; the baselines are HF's as it is

@@ -32,6 +32,7 @@ from common import best_and_spread, report  # noqa: E402
 from training import build_model, row, run_steps, vocabulary, write_data  # noqa: E402
 
 from alcap.data.dataset import CaptionCollator  # noqa: E402
+from alcap.utils import reuse_freed_memory  # noqa: E402
 
 
 def loop_seconds(root: Path, manifest: Path, store: Path, preset: str, fusion_layers: list[int], batch_size: int,
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps of the longer loop run (default: 8; 4 quick)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating (default: 2)")
     args = parser.parse_args()
+    reuse_freed_memory()  # as `alcap train` does, for both sides
     preset = args.preset or ("tiny" if args.quick else "small")
     batch = args.batch_size or (4 if args.quick else 26)
     long_run = args.steps or (4 if args.quick else 8)

@@ -28,6 +28,7 @@ from common import report  # noqa: E402
 from training import MAX_TOKENS, add_bart_vocab_arg, build_model, epoch_padding, naive_batches, ours_batches, padded_tokens, run_steps, synthetic_rows  # noqa: E402
 
 from alcap.train.loop import enable_gradient_checkpointing  # noqa: E402
+from alcap.utils import reuse_freed_memory  # noqa: E402
 
 
 def main() -> None:
@@ -50,6 +51,7 @@ def main() -> None:
                         help="alcap's steps with train.gradient_checkpointing (the padded baseline without)")
     add_bart_vocab_arg(parser)
     args = parser.parse_args()
+    reuse_freed_memory()  # as `alcap train` does, for both sides
     preset = args.preset or ("small" if args.quick else "bart-base")
     steps = args.steps or (6 if args.quick else 4)
     rows = synthetic_rows(args.batch_size * 60)

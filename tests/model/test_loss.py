@@ -57,3 +57,73 @@ def test_a_hand_checked_example():
     expected = -torch.log(e / (2 * e + 1))
     assert label_token_loss(hidden, labels, weight, bias, chunk=1).item() == pytest.approx(expected.item(), rel=1e-6)
     assert torch.isnan(label_token_loss(hidden, torch.full((1, 3), -100), weight, bias))  # HF's mean over nothing
+
+
+def reference_loss(hidden, labels, weight, bias):
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+
+
+def loss_inputs(seed=0, vocab=50, d=8):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(3, 7, d, generator=g, requires_grad=True)
+    weight = torch.randn(vocab, d, generator=g, requires_grad=True)
+    bias = torch.randn(vocab, generator=g, requires_grad=True)
+    labels = torch.randint(0, vocab, (3, 7), generator=g)
+    labels[0, 5:] = -100
+    labels[2, 1:] = -100
+    return hidden, labels, weight, bias
+
+
+def test_gradients_of_hidden_states_weight_and_bias_with_a_scaled_upstream_gradient():
+    # the gradients are computed in the forward pass and scaled by the incoming one in backward
+    hidden, labels, weight, bias = loss_inputs()
+    (3.5 * reference_loss(hidden, labels, weight, bias)).backward()
+    expected = [t.grad.clone() for t in (hidden, weight, bias)]
+    for t in (hidden, weight, bias):
+        t.grad = None
+    (3.5 * label_token_loss(hidden, labels, weight, bias, chunk=4)).backward()
+    for got, want in zip((hidden.grad, weight.grad, bias.grad), expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_without_gradients_the_value_is_the_same():
+    hidden, labels, weight, bias = loss_inputs(1)
+    expected = reference_loss(hidden, labels, weight, bias)
+    with torch.no_grad():
+        got = label_token_loss(hidden, labels, weight, bias, chunk=3)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_under_bf16_autocast_it_follows_autocasts_matmul():
+    # the matmuls in bfloat16 as autocast's F.linear runs them; softmax and sums in float32
+    hidden, labels, weight, bias = loss_inputs(2, vocab=300, d=32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = reference_loss(hidden, labels, weight, bias)
+        got = label_token_loss(hidden, labels, weight, bias, chunk=5)
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+    got.backward()
+    assert hidden.grad.dtype == hidden.dtype and weight.grad.dtype == weight.dtype
+    grads = [t.grad.clone() for t in (hidden, weight, bias)]
+    for t in (hidden, weight, bias):
+        t.grad = None
+    reference_loss(hidden, labels, weight, bias).backward()  # float32
+    for got_grad, t in zip(grads, (hidden, weight, bias)):
+        torch.testing.assert_close(got_grad, t.grad, rtol=0.05, atol=2e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Liger's kernel needs a CUDA device")
+def test_liger_on_cuda_agrees_with_the_chunked_loss():
+    pytest.importorskip("liger_kernel")
+    hidden, labels, weight, bias = (t.detach().cuda().requires_grad_(t.requires_grad) if t.is_floating_point()
+                                    else t.cuda() for t in loss_inputs(3, vocab=500, d=64))
+    got = label_token_loss(hidden, labels, weight, bias)  # Liger's
+    got.backward()
+    grads = [t.grad.clone() for t in (hidden, weight)]
+    hidden.grad = weight.grad = None
+    expected = loss_module.LinearCrossEntropy.apply(hidden[labels != -100], weight, bias, labels[labels != -100], 64)
+    expected.backward()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[0], hidden.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[1], weight.grad, rtol=1e-4, atol=1e-4)

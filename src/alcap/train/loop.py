@@ -39,7 +39,9 @@ from ..metrics.attributes import AttributeWords
 from ..inference import SHARED_ENCODERS_DIR, Captioner, extractor_from_store_meta, save_music_encoder
 from ..model.backbone import load_backbone
 from ..model.captioner import AlcapModel
-from ..utils import compute_environment, file_sha256, nested_differences, refused_pickle, share_as_umask
+from ..utils import (
+    compute_environment, file_sha256, nested_differences, refused_pickle, reuse_freed_memory, share_as_umask,
+)
 
 logger = logging.getLogger("alcap.train")
 # Accelerate warns at every save_state that BART's tied embeddings are stored once; the resume
@@ -138,6 +140,7 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     config.resolve_paths()  # recorded in config.yaml and every exported model, used from anywhere
     out = Path(config.output_dir)
     tc = config.train
+    reuse_freed_memory()  # each step's large tensors reuse the last step's memory, not fresh pages
     # Accelerate keeps its settings process-wide and refuses (precision) or ignores (compilation)
     # new ones; `alcap experiment` trains many models in one process, so each run starts afresh.
     # The process group (PartialState) is kept.
