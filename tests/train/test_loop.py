@@ -480,3 +480,14 @@ def test_tensorboard_gets_the_numbers_of_log_jsonl(tiny_corpus, tmp_path):
     assert [(e.step, round(e.value, 5)) for e in board.Scalars("train/loss")] == \
         [(r["step"], round(r["train/loss"], 5)) for r in steps]
     assert [e.step for e in board.Scalars("val/caption_loss")] == [r["step"] for r in logged if "val/caption_loss" in r]
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_freed_memory_is_kept_for_reuse_unless_switched_off(reuse, tiny_corpus, tmp_path, monkeypatch):
+    from alcap.train import loop
+
+    calls = []
+    monkeypatch.setattr(loop, "reuse_freed_memory", lambda: calls.append(1) or True)
+    train(tiny_config(tiny_corpus, tmp_path / "run", **{"train.epochs": 1, "train.reuse_freed_memory": str(reuse).lower()}),
+          progress=False)
+    assert calls == ([1] if reuse else [])

@@ -140,7 +140,8 @@ def train(config: RunConfig, progress: bool = True) -> dict:
     config.resolve_paths()  # recorded in config.yaml and every exported model, used from anywhere
     out = Path(config.output_dir)
     tc = config.train
-    reuse_freed_memory()  # each step's large tensors reuse the last step's memory, not fresh pages
+    if tc.reuse_freed_memory:
+        reuse_freed_memory()  # each step's large tensors reuse the last step's memory, not fresh pages
     # Accelerate keeps its settings process-wide and refuses (precision) or ignores (compilation)
     # new ones; `alcap experiment` trains many models in one process, so each run starts afresh.
     # The process group (PartialState) is kept.
