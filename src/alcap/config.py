@@ -161,9 +161,10 @@ class TrainConfig:
         "batches, small GPUs); the loss and gradients are unchanged")
     reuse_freed_memory: bool = setting(
         True, "keep the memory a step frees for the next step's tensors instead of returning it to the "
-        "system (glibc's mallopt, Linux): a bart-base CPU step ran 15-25% faster without re-faulting its "
-        "large tensors' pages; the resident size stays at its high-water mark, which can be higher (+1-2% "
-        "over a run of varied batches, up to +23% measured for one large step); false when memory is tight")
+        "system (glibc's mallopt, Linux), so the next step does not fault its large tensors' pages in "
+        "again: faster CPU steps, but the resident size stays at its high-water mark, fragments included, "
+        "which can be higher (measured in docs/performance.md); false when memory is tight (a resumed run "
+        "may switch it)")
     compile: bool = setting(
         False, "torch.compile the model (through Accelerate) with dynamic shapes, so dynamic padding does "
         "not recompile every batch; pays off on a GPU over long runs, the first steps are slow")

@@ -34,8 +34,7 @@ def label_token_loss(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.T
     states, targets = hidden[keep], labels[keep]
     if not torch.is_grad_enabled() or not (states.requires_grad or weight.requires_grad
                                            or (bias is not None and bias.requires_grad)):
-        with torch.no_grad():
-            return _chunked_loss(states, targets, weight, bias, chunk, None) / targets.numel()
+        return _chunked_loss(states, targets, weight, bias, chunk, None) / targets.numel()  # no graph to build
     liger = _liger_loss(states, targets, weight, bias)
     if liger is not None:
         return liger
@@ -52,17 +51,14 @@ class LinearCrossEntropy(torch.autograd.Function):
                  "weight": torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None,
                  "bias": torch.zeros_like(bias, dtype=torch.float32) if ctx.needs_input_grad[2] else None}
         total = _chunked_loss(states, targets, weight, bias, chunk, grads, scale=1.0 / max(count, 1))
-        ctx.save_for_backward(*(g for g in grads.values() if g is not None))
-        ctx.present = [g is not None for g in grads.values()]
-        ctx.dtypes = (states.dtype, weight.dtype, None if bias is None else bias.dtype)
+        # Gradients in their inputs' dtypes (weight and bias summed in float32 above); kept on ctx:
+        # they are neither inputs nor outputs, so save_for_backward has nothing to check on them.
+        ctx.grads = [None if g is None else g.to(x.dtype) for g, x in zip(grads.values(), (states, weight, bias))]
         return total / count  # no labelled position: nan, as HF's mean over nothing
 
     @staticmethod
     def backward(ctx, grad_output):
-        saved = iter(ctx.saved_tensors)
-        out = [(next(saved) * grad_output).to(dtype) if present else None
-               for present, dtype in zip(ctx.present, ctx.dtypes)]
-        return out[0], out[1], out[2], None, None
+        return *(None if g is None else g * grad_output for g in ctx.grads), None, None
 
 
 def _chunked_loss(states, targets, weight, bias, chunk: int, grads: dict | None, scale: float = 1.0) -> torch.Tensor:

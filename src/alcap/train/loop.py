@@ -313,7 +313,7 @@ def train(config: RunConfig, progress: bool = True) -> dict:
 
 # Changes that do not alter what is learned (only when training stops, or how fast it runs).
 RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.early_stop_patience", "generation", "train.compile",
-                     "data.num_workers", "train.gradient_checkpointing")
+                     "data.num_workers", "train.gradient_checkpointing", "train.reuse_freed_memory")
 
 
 def enable_gradient_checkpointing(model: AlcapModel) -> None:
