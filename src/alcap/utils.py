@@ -58,7 +58,9 @@ def reuse_freed_memory() -> bool:
     faulted in and zeroed page by page again, which on a 2-core machine took a third of a
     bart-base step in kernel time. With mmap off and the trim threshold at its maximum, freed
     blocks stay in the heap and are reused: the resident size stays at its high-water mark
-    (what peak RSS measures anyway) instead of rising and falling every step. True if glibc
+    (what peak RSS measures anyway) instead of rising and falling every step. It settles over
+    the first steps: torch asks for 64-byte-aligned blocks, which a freed block of exactly the
+    same size cannot hold until it has coalesced with its freed neighbours. True if glibc
     took the settings; False elsewhere (other C libraries, other systems), where nothing changes.
     """
     import ctypes
